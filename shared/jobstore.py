@@ -1,0 +1,213 @@
+"""Job records and payloads in Redis, with atomic status transitions.
+
+Records are JSON strings under ``<prefix>:job:<id>``; uploaded bytes under
+``<prefix>:blob:<id>``. Transitions use WATCH/MULTI so a cancelled job is never
+overwritten by a late worker, and a redelivered job that already finished keeps
+its first answer.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from shared.errors import JobNotCancellable, JobNotFound, SkyserveError
+from shared.schemas import TERMINAL_STATUSES, Job, JobResult, JobStatus, Problem, utcnow
+
+__all__ = ["JobStore", "new_job_id"]
+
+
+def new_job_id() -> str:
+    """A random, URL-safe job id."""
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    """Reads and writes job records in Redis.
+
+    Parameters
+    ----------
+    client
+        A ``redis.Redis`` client (bytes responses).
+    prefix
+        Key prefix, so deployments and tests can share a server.
+    ttl_seconds
+        Lifetime of records and payloads.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl_seconds: int) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.ttl = ttl_seconds
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def blob_key(self, job_id: str) -> str:
+        return f"{self.prefix}:blob:{job_id}"
+
+    def idempotency_key(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def worker_key(self, hostname: str) -> str:
+        return f"{self.prefix}:worker:{hostname}"
+
+    def create(self, job: Job, payload: bytes | None, *, idempotency_key: str | None = None) -> Job:
+        """Store a new job and its payload.
+
+        With an ``idempotency_key`` already used, nothing is written and the earlier
+        job is returned instead, so a retried POST never makes two jobs.
+        """
+        if idempotency_key is not None:
+            claimed = self.redis.set(
+                self.idempotency_key(idempotency_key), job.id, nx=True, ex=self.ttl
+            )
+            if not claimed:
+                earlier = self.redis.get(self.idempotency_key(idempotency_key))
+                if earlier is not None:
+                    try:
+                        return self.get(earlier.decode())
+                    except JobNotFound:
+                        pass
+                self.redis.set(self.idempotency_key(idempotency_key), job.id, ex=self.ttl)
+        with self.redis.pipeline() as pipe:
+            if payload is not None:
+                pipe.set(self.blob_key(job.id), payload, ex=self.ttl)
+            pipe.set(self.job_key(job.id), job.model_dump_json(), ex=self.ttl)
+            pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """Load a job record.
+
+        Raises
+        ------
+        JobNotFound
+        """
+        raw = self.redis.get(self.job_key(job_id))
+        if raw is None:
+            raise JobNotFound(f"There is no job {job_id!r} (it may have expired).")
+        return Job.model_validate_json(raw)
+
+    def payload(self, job_id: str) -> bytes:
+        """The uploaded bytes of a job.
+
+        Raises
+        ------
+        JobNotFound
+            If the payload expired or was never stored.
+        """
+        raw = self.redis.get(self.blob_key(job_id))
+        if raw is None:
+            raise JobNotFound(f"The payload of job {job_id!r} is gone (expired or deleted).")
+        return raw
+
+    def _update(self, job_id: str, change: Callable[[Job], Job | None]) -> Job:
+        """Apply ``change`` atomically; it returns the new record or None to leave it."""
+        key = self.job_key(job_id)
+
+        def transaction(pipe: redis.client.Pipeline) -> Job:
+            raw = pipe.get(key)
+            if raw is None:
+                raise JobNotFound(f"There is no job {job_id!r} (it may have expired).")
+            job = Job.model_validate_json(raw)
+            updated = change(job)
+            if updated is None:
+                return job
+            pipe.multi()
+            pipe.set(key, updated.model_dump_json(), keepttl=True)
+            return updated
+
+        return self.redis.transaction(transaction, key, value_from_callable=True)
+
+    def start(self, job_id: str) -> Job:
+        """Mark a job running (counting the attempt) unless it already ended."""
+
+        def change(job: Job) -> Job | None:
+            if job.status in TERMINAL_STATUSES:
+                return None
+            return job.model_copy(
+                update={
+                    "status": JobStatus.RUNNING,
+                    "started_at": job.started_at or utcnow(),
+                    "attempts": job.attempts + 1,
+                }
+            )
+
+        return self._update(job_id, change)
+
+    def succeed(self, job_id: str, result: JobResult) -> Job:
+        """Store the result unless the job was cancelled or already answered."""
+
+        def change(job: Job) -> Job | None:
+            if job.status in TERMINAL_STATUSES:
+                return None
+            progress = job.progress.model_copy(update={"done": job.progress.total})
+            return job.model_copy(
+                update={
+                    "status": JobStatus.SUCCEEDED,
+                    "result": result,
+                    "progress": progress,
+                    "finished_at": utcnow(),
+                }
+            )
+
+        return self._update(job_id, change)
+
+    def fail(self, job_id: str, error: SkyserveError | Problem) -> Job:
+        """End a job as failed with a readable reason, unless it already ended."""
+        problem = (
+            error if isinstance(error, Problem) else Problem.model_validate(error.to_problem())
+        )
+
+        def change(job: Job) -> Job | None:
+            if job.status in TERMINAL_STATUSES:
+                return None
+            progress = job.progress.model_copy(update={"failed": job.progress.pending})
+            return job.model_copy(
+                update={
+                    "status": JobStatus.FAILED,
+                    "error": problem,
+                    "progress": progress,
+                    "finished_at": utcnow(),
+                }
+            )
+
+        return self._update(job_id, change)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; cancelling twice is harmless.
+
+        Raises
+        ------
+        JobNotFound, JobNotCancellable
+        """
+
+        def change(job: Job) -> Job | None:
+            if job.status == JobStatus.CANCELLED:
+                return None
+            if job.status in TERMINAL_STATUSES:
+                raise JobNotCancellable(
+                    f"Job {job_id} already {job.status.value}; there is nothing to cancel.",
+                    status_now=job.status.value,
+                )
+            return job.model_copy(update={"status": JobStatus.CANCELLED, "finished_at": utcnow()})
+
+        job = self._update(job_id, change)
+        self.redis.delete(self.blob_key(job_id))
+        return job
+
+    def heartbeat(self, hostname: str, info: dict[str, Any], *, ttl_seconds: int) -> None:
+        """Record that a worker is alive and what it serves."""
+        self.redis.set(self.worker_key(hostname), json.dumps(info), ex=ttl_seconds)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Workers whose heartbeat has not expired."""
+        keys = list(self.redis.scan_iter(match=self.worker_key("*"), count=100))
+        if not keys:
+            return []
+        return [json.loads(v) for v in self.redis.mget(keys) if v is not None]

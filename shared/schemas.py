@@ -1,0 +1,151 @@
+"""Pydantic models the API and the worker exchange: jobs, inputs and results."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.registry import Calibration
+
+__all__ = [
+    "JobStatus",
+    "TERMINAL_STATUSES",
+    "Problem",
+    "ImageInput",
+    "Progress",
+    "MemberAnswer",
+    "QuestionResult",
+    "TaskResult",
+    "JobResult",
+    "Job",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock job records use."""
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; extra members (e.g. ``suggestions``) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    code: str | None = None
+    instance: str | None = None
+
+
+class ImageInput(BaseModel):
+    """An uploaded image, described; the bytes live in the payload store."""
+
+    kind: Literal["image"] = "image"
+    filename: str | None = None
+    content_type: str | None = None
+    size_bytes: int
+    sha256: str
+    format: str
+    width: int
+    height: int
+
+
+class Progress(BaseModel):
+    """How many units of a job are done; a single image is one unit."""
+
+    total: int = 1
+    done: int = 0
+    failed: int = 0
+
+    @property
+    def pending(self) -> int:
+        return max(self.total - self.done - self.failed, 0)
+
+
+class MemberAnswer(BaseModel):
+    """One ensemble member's answer (after its test-time transforms are combined)."""
+
+    member: str
+    architecture: str
+    value: float | None = Field(default=None, description="Regression value, calibrated.")
+    tta_values: list[float] | None = Field(
+        default=None, description="Regression value per test-time transform, before the median."
+    )
+    probabilities: dict[str, float] | None = None
+
+
+class QuestionResult(BaseModel):
+    """A decision-tree question: expected vote fractions and how likely it is asked."""
+
+    reached: float = Field(description="Probability that a volunteer is asked this question.")
+    fractions: dict[str, float]
+    spread: dict[str, float]
+
+
+class TaskResult(BaseModel):
+    """The answer to one task for one image: every member plus a summary."""
+
+    task: str
+    kind: str
+    model_version: int
+    unit: str | None = None
+    value: float | str | None = Field(
+        default=None,
+        description="Headline answer: ensemble median (regression), most likely class "
+        "(classification), probability of the first label (multilabel).",
+    )
+    summary: dict[str, float] | None = Field(
+        default=None, description="Regression: mean, median, stdev, min, max over members."
+    )
+    probabilities: dict[str, float] | None = None
+    spread: dict[str, float] | None = Field(
+        default=None, description="Standard deviation of each probability over members/samples."
+    )
+    questions: dict[str, QuestionResult] | None = None
+    members: list[MemberAnswer]
+    tta: list[str] = Field(default_factory=list)
+    calibration: Calibration | None = None
+
+
+class JobResult(BaseModel):
+    """Per-task answers of a finished single-image job."""
+
+    tasks: dict[str, TaskResult]
+    models: dict[str, int] = Field(description="Task → model version that answered.")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class Job(BaseModel):
+    """A job record as stored in Redis and returned by ``GET /v1/jobs/{id}``."""
+
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    tasks: list[str]
+    versions: dict[str, int] = Field(
+        default_factory=dict, description="Model versions the client pinned, by task."
+    )
+    input: ImageInput | dict[str, Any]
+    progress: Progress = Field(default_factory=Progress)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    result: JobResult | None = None
+    error: Problem | None = None
