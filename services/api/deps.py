@@ -1,0 +1,36 @@
+"""Dependencies read from ``app.state``; handlers declare them as types."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.api.queue import JobQueue
+from services.api.settings import ApiSettings
+from shared.jobstore import JobStore
+from shared.registry import RegistryReader
+
+__all__ = ["SettingsDep", "StoreDep", "RegistryDep", "QueueDep"]
+
+
+def _settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _registry(request: Request) -> RegistryReader:
+    return request.app.state.registry
+
+
+def _queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+SettingsDep = Annotated[ApiSettings, Depends(_settings)]
+StoreDep = Annotated[JobStore, Depends(_store)]
+RegistryDep = Annotated[RegistryReader, Depends(_registry)]
+QueueDep = Annotated[JobQueue, Depends(_queue)]

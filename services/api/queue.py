@@ -1,0 +1,50 @@
+"""Enqueueing jobs for the workers, by task *name*: the API never imports worker code."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.errors import ServiceUnavailable
+from shared.messages import PREDICT_TASK, PredictMessage
+from shared.settings import SkyserveSettings
+
+__all__ = ["JobQueue"]
+
+
+class JobQueue:
+    """A Celery client bound to the broker and queue in the settings."""
+
+    def __init__(self, settings: SkyserveSettings) -> None:
+        self.queue = settings.celery_queue
+        self.celery = Celery("skyserve-api", broker=settings.redis_url, set_as_current=False)
+        self.celery.conf.update(
+            broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+            broker_connection_retry_on_startup=True,
+            task_serializer="json",
+            # Fail fast: an API request must not hang while the broker is down.
+            broker_connection_timeout=3,
+            broker_connection_max_retries=1,
+        )
+
+    def enqueue_predict(self, job_id: str) -> None:
+        """Send one job to the workers.
+
+        Raises
+        ------
+        ServiceUnavailable
+            If the broker cannot be reached.
+        """
+        try:
+            self.celery.send_task(
+                PREDICT_TASK,
+                kwargs=PredictMessage(job_id=job_id).model_dump(),
+                queue=self.queue,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+            )
+        except Exception as exc:  # kombu raises several transport-specific types
+            raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        """Release broker connections."""
+        self.celery.close()

@@ -1,0 +1,168 @@
+"""``/v1/jobs``: submit, poll (optionally waiting), cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from starlette.datastructures import UploadFile
+
+from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
+from services.api.problems import problem_responses
+from services.api.submission import parse_task_list, parse_versions, submit_image
+from shared.errors import ImageTooLarge, InvalidRequest, UnsupportedMediaType
+from shared.schemas import TERMINAL_STATUSES, Job
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JOB_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="Job id from POST /v1/jobs.")]
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG, JPEG, GIF, TIFF, WebP, BMP or FITS image.",
+                        },
+                        "tasks": {
+                            "type": "string",
+                            "description": "Comma-separated task names (repeatable); "
+                            "default: every served task.",
+                            "example": "inclination",
+                        },
+                        "versions": {
+                            "type": "string",
+                            "description": "Optional version pins, e.g. inclination=1.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | None, str | None, dict[str, Any]]:
+    declared = request.headers.get("content-length")
+    # Refuse before parsing: a multi-GB body should not even be spooled to disk.
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise ImageTooLarge(
+            f"The upload is {int(declared):,} bytes; the limit is {max_bytes:,}.",
+            max_bytes=max_bytes,
+        )
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            "Send the image as multipart/form-data with a 'file' field "
+            "(curl -F file=@galaxy.png -F tasks=inclination …)."
+        )
+    form = await request.form(max_files=1, max_fields=20)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("The form has no 'file' field holding an image.")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(
+            f"The upload is larger than the limit of {max_bytes:,} bytes.", max_bytes=max_bytes
+        )
+    fields = {
+        "tasks": [v for v in form.getlist("tasks") if isinstance(v, str)],
+        "versions": form.get("versions") if isinstance(form.get("versions"), str) else None,
+    }
+    return data, upload.filename, upload.content_type, fields
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Job,
+    operation_id="submit_job",
+    summary="Submit an image for one or more tasks",
+    description="Stores the image, queues it for the workers and answers at once with the job "
+    "record. Poll `Location` (or pass `?wait=`) for the result. A repeated request with the "
+    "same `Idempotency-Key` returns the first job instead of making a second one.",
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        200: {"model": Job, "description": "An earlier job with the same Idempotency-Key."},
+        **problem_responses(413, 415, 422, 503),
+    },
+)
+async def submit_job(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    registry: RegistryDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Job:
+    data, filename, content_type, fields = await _read_upload(request, settings.max_upload_bytes)
+    job, created = await anyio.to_thread.run_sync(
+        lambda: submit_image(
+            store=store,
+            queue=queue,
+            registry=registry,
+            data=data,
+            filename=filename,
+            content_type=content_type,
+            tasks=parse_task_list(fields["tasks"]),
+            pins=parse_versions(fields["versions"]),
+            max_pixels=settings.max_image_pixels,
+            idempotency_key=idempotency_key,
+        )
+    )
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job
+
+
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    operation_id="get_job",
+    summary="Read a job: status, progress and, once done, the result",
+    responses=problem_responses(404, 422),
+)
+async def get_job(
+    job_id: JOB_ID,
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    wait: Annotated[
+        float,
+        Query(ge=0, description="Seconds to wait for the job to finish before answering."),
+    ] = 0.0,
+) -> Job:
+    deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
+    job = await anyio.to_thread.run_sync(store.get, job_id)
+    while job.status not in TERMINAL_STATUSES and time.monotonic() < deadline:
+        await anyio.sleep(settings.poll_interval_seconds)
+        job = await anyio.to_thread.run_sync(store.get, job_id)
+    if job.status not in TERMINAL_STATUSES:
+        response.headers["Retry-After"] = "1"
+    return job
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=Job,
+    operation_id="cancel_job",
+    summary="Cancel a queued or running job",
+    description="A worker that picks the job up afterwards skips it; a running job's answer "
+    "is discarded. Cancelling a cancelled job is harmless; a finished one gives 409.",
+    responses=problem_responses(404, 409, 422),
+)
+async def cancel_job(job_id: JOB_ID, store: StoreDep) -> Job:
+    return await anyio.to_thread.run_sync(store.cancel, job_id)

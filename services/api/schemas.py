@@ -1,0 +1,57 @@
+"""Response models only the API uses: task listings, model cards, health."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.registry import Calibration, InputSpec, OutputSpec
+from shared.taskdefs import TaskDefinition
+
+__all__ = ["TaskInfo", "MemberCard", "ModelCard", "ReadyCheck", "Readiness"]
+
+
+class TaskInfo(TaskDefinition):
+    """A task definition plus the model versions that serve it."""
+
+    versions: list[int]
+    latest: int | None
+
+
+class MemberCard(BaseModel):
+    name: str
+    architecture: str
+    params: int | None = None
+    subset_fraction: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelCard(BaseModel):
+    """What a person needs to trust a model version: provenance, metrics, plots."""
+
+    task: str
+    version: int
+    created: datetime
+    latest: bool
+    members: list[MemberCard]
+    input: InputSpec
+    output: OutputSpec
+    calibration: Calibration | None
+    tta: list[str]
+    metrics: dict[str, Any]
+    parity_max_abs_diff: float | None
+    training: dict[str, Any]
+    files: dict[str, str] = Field(description="Evaluation files (plots, metrics.json) → URL.")
+
+
+class ReadyCheck(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, ReadyCheck]
+    workers: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,0 +1,138 @@
+"""Turning a request into a stored, enqueued job: the logic behind ``POST /v1/jobs``."""
+
+from __future__ import annotations
+
+import hashlib
+
+from services.api.metrics import JOBS_SUBMITTED
+from services.api.queue import JobQueue
+from shared.errors import InvalidRequest, ServiceUnavailable, UnknownTask
+from shared.jobstore import JobStore, new_job_id
+from shared.preprocessing import inspect_image
+from shared.registry import RegistryReader
+from shared.schemas import ImageInput, Job
+from shared.taskdefs import load_task_definitions
+
+__all__ = ["parse_task_list", "parse_versions", "resolve_tasks", "submit_image"]
+
+
+def parse_task_list(values: list[str] | None) -> list[str]:
+    """Accept ``tasks`` repeated or comma-separated; keep order, drop duplicates."""
+    names: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            name = part.strip().lower()
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def parse_versions(value: str | None) -> dict[str, int]:
+    """Parse pins such as ``"inclination=1,morphology=3"``.
+
+    Raises
+    ------
+    InvalidRequest
+        If a pin is not ``task=integer``.
+    """
+    pins: dict[str, int] = {}
+    for part in (value or "").split(","):
+        if not part.strip():
+            continue
+        task, sep, version = part.partition("=")
+        if not sep or not version.strip().isdigit():
+            raise InvalidRequest(
+                f"Version pin {part.strip()!r} is not of the form task=version, e.g. inclination=1."
+            )
+        pins[task.strip().lower()] = int(version)
+    return pins
+
+
+def resolve_tasks(
+    registry: RegistryReader, requested: list[str], pins: dict[str, int]
+) -> list[str]:
+    """Check that every requested task is defined and served; default to all served.
+
+    Raises
+    ------
+    UnknownTask
+        For a task nobody defined or no model serves (the problem lists what is served).
+    InvalidRequest
+        For a pin on a task not requested, or a version that does not exist.
+    """
+    served = [t for t in registry.tasks() if t in load_task_definitions()]
+    tasks = requested or served
+    if not tasks:
+        raise UnknownTask("No model is published yet, so no task can be served.", served_tasks=[])
+    for name in tasks:
+        if name not in served:
+            raise UnknownTask(
+                f"The task {name!r} is not served. Ask for one of: {', '.join(served) or 'none'}.",
+                served_tasks=served,
+            )
+    for name, version in pins.items():
+        if name not in tasks:
+            raise InvalidRequest(f"A version is pinned for {name!r}, which the job does not ask for.")
+        available = registry.versions(name)
+        if version not in available:
+            raise InvalidRequest(
+                f"{name!r} has no version {version}; available: {available}.",
+                available=available,
+            )
+    return tasks
+
+
+def submit_image(
+    *,
+    store: JobStore,
+    queue: JobQueue,
+    registry: RegistryReader,
+    data: bytes,
+    filename: str | None,
+    content_type: str | None,
+    tasks: list[str],
+    pins: dict[str, int],
+    max_pixels: int,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Validate an upload, store it with a new job record and enqueue it.
+
+    Returns
+    -------
+    (job, created)
+        ``created`` is False when the idempotency key named an earlier job.
+    """
+    tasks = resolve_tasks(registry, tasks, pins)
+    # Header only: bombs and non-images are refused here; pixels are decoded by the worker.
+    info = inspect_image(data, max_pixels=max_pixels)
+    job = Job(
+        id=new_job_id(),
+        tasks=tasks,
+        versions=pins,
+        input=ImageInput(
+            filename=filename,
+            content_type=content_type,
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            format=info.format,
+            width=info.width,
+            height=info.height,
+        ),
+    )
+    stored = store.create(job, data, idempotency_key=idempotency_key)
+    if stored.id != job.id:
+        earlier = stored.input
+        if not isinstance(earlier, ImageInput) or earlier.sha256 != job.input.sha256:
+            raise InvalidRequest(
+                "This Idempotency-Key was used for a different request; use a new key.",
+                earlier_job=stored.id,
+            )
+        return stored, False
+    try:
+        queue.enqueue_predict(job.id)
+    except ServiceUnavailable as exc:
+        # Never leave a job queued that no worker will ever see.
+        store.fail(job.id, exc)
+        raise
+    JOBS_SUBMITTED.labels(kind="image").inc()
+    return stored, True
