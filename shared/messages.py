@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-__all__ = ["PREDICT_TASK", "PredictMessage"]
+__all__ = ["PREDICT_TASK", "PredictMessage", "PREDICT_CHUNK_TASK", "ChunkMessage"]
 
 PREDICT_TASK = "skyserve.predict"
 
@@ -16,3 +16,12 @@ class PredictMessage(BaseModel):
     """Arguments of :data:`PREDICT_TASK`: everything else is in the job record."""
 
     job_id: str
+
+PREDICT_CHUNK_TASK = "skyserve.predict_chunk"
+
+
+class ChunkMessage(BaseModel):
+    """Arguments of :data:`PREDICT_CHUNK_TASK`: one chunk of one batch."""
+
+    batch_id: str
+    chunk: int

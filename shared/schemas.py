@@ -21,6 +21,10 @@ __all__ = [
     "TaskResult",
     "JobResult",
     "Job",
+    "TargetInput",
+    "BatchRow",
+    "BatchRowResult",
+    "Batch",
     "utcnow",
 ]
 
@@ -65,6 +69,22 @@ class ImageInput(BaseModel):
     format: str
     width: int
     height: int
+
+
+class TargetInput(BaseModel):
+    """A catalogued object or a sky position, resolved by the API, imaged by the worker."""
+
+    kind: Literal["target"] = "target"
+    query: dict[str, Any] = Field(description="The target as the client sent it.")
+    resolved: dict[str, Any] | None = Field(
+        default=None, description="The catalogued object (name, identifiers, ra, dec, size, pa, type)."
+    )
+    ra_deg: float
+    dec_deg: float
+    fov_arcmin: float
+    pa_deg: float | None = Field(
+        default=None, description="Position angle used to turn the major axis horizontal."
+    )
 
 
 class Progress(BaseModel):
@@ -141,7 +161,7 @@ class Job(BaseModel):
     versions: dict[str, int] = Field(
         default_factory=dict, description="Model versions the client pinned, by task."
     )
-    input: ImageInput | dict[str, Any]
+    input: ImageInput | TargetInput = Field(discriminator="kind")
     progress: Progress = Field(default_factory=Progress)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
@@ -149,3 +169,45 @@ class Job(BaseModel):
     attempts: int = 0
     result: JobResult | None = None
     error: Problem | None = None
+
+
+class BatchRow(BaseModel):
+    """One input row of a batch, exactly as sent, plus a problem found before running it."""
+
+    row: int = Field(description="0-based position in the submitted catalog.")
+    id: str | None = None
+    input: dict[str, str]
+    error: Problem | None = None
+
+
+class BatchRowResult(BaseModel):
+    """The outcome of one batch row."""
+
+    row: int
+    id: str | None = None
+    input: dict[str, str]
+    status: Literal["succeeded", "failed"]
+    error: Problem | None = None
+    resolved: dict[str, Any] | None = None
+    result: dict[str, TaskResult] | None = None
+
+
+class Batch(BaseModel):
+    """A batch record: what was submitted and how far it got.
+
+    ``progress.done`` counts rows answered, ``progress.failed`` rows that could not be;
+    a batch whose every row ran is ``succeeded`` even if some rows failed.
+    """
+
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    tasks: list[str]
+    versions: dict[str, int] = Field(default_factory=dict)
+    id_column: str = "id"
+    columns: list[str] = Field(description="Input columns, in the order sent.")
+    progress: Progress = Field(default_factory=lambda: Progress(total=0))
+    chunks: int = 0
+    chunk_rows: int = 0
+    source: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None

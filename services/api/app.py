@@ -18,8 +18,9 @@ from prometheus_client import make_asgi_app
 from services.api.metrics import REQUEST_SECONDS
 from services.api.problems import install_problem_handlers
 from services.api.queue import JobQueue
-from services.api.routes import health, jobs, models, web
+from services.api.routes import batches, health, jobs, models, web
 from services.api.settings import ApiSettings, get_settings
+from shared.batchstore import BatchStore
 from shared.jobstore import JobStore
 from shared.registry import RegistryReader
 from shared.schemas import Problem
@@ -56,6 +57,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.store = JobStore(
             client, prefix=settings.key_prefix, ttl_seconds=settings.job_ttl_seconds
         )
+        app.state.batches = BatchStore(
+            client, prefix=settings.key_prefix, ttl_seconds=settings.job_ttl_seconds
+        )
         app.state.registry = RegistryReader(settings.models_dir)
         app.state.queue = JobQueue(settings)
         try:
@@ -72,12 +76,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         root_path=settings.root_path,
         openapi_tags=[
             {"name": "jobs", "description": "Submit images and read answers."},
+            {"name": "batches", "description": "Whole catalogs as one job, per-row results."},
             {"name": "models", "description": "Tasks and the model versions that serve them."},
             {"name": "health", "description": "Liveness, readiness, metrics."},
         ],
     )
     install_problem_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(web.router)

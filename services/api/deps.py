@@ -8,10 +8,11 @@ from fastapi import Depends, Request
 
 from services.api.queue import JobQueue
 from services.api.settings import ApiSettings
+from shared.batchstore import BatchStore
 from shared.jobstore import JobStore
 from shared.registry import RegistryReader
 
-__all__ = ["SettingsDep", "StoreDep", "RegistryDep", "QueueDep"]
+__all__ = ["SettingsDep", "StoreDep", "BatchStoreDep", "RegistryDep", "QueueDep"]
 
 
 def _settings(request: Request) -> ApiSettings:
@@ -20,6 +21,10 @@ def _settings(request: Request) -> ApiSettings:
 
 def _store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+def _batches(request: Request) -> BatchStore:
+    return request.app.state.batches
 
 
 def _registry(request: Request) -> RegistryReader:
@@ -32,5 +37,6 @@ def _queue(request: Request) -> JobQueue:
 
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
+BatchStoreDep = Annotated[BatchStore, Depends(_batches)]
 RegistryDep = Annotated[RegistryReader, Depends(_registry)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.errors import ServiceUnavailable
-from shared.messages import PREDICT_TASK, PredictMessage
+from shared.messages import PREDICT_CHUNK_TASK, PREDICT_TASK, ChunkMessage, PredictMessage
 from shared.settings import SkyserveSettings
 
 __all__ = ["JobQueue"]
@@ -26,6 +26,18 @@ class JobQueue:
             broker_connection_max_retries=1,
         )
 
+    def _send(self, name: str, kwargs: dict[str, object]) -> None:
+        try:
+            self.celery.send_task(
+                name,
+                kwargs=kwargs,
+                queue=self.queue,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+            )
+        except Exception as exc:  # kombu raises several transport-specific types
+            raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
+
     def enqueue_predict(self, job_id: str) -> None:
         """Send one job to the workers.
 
@@ -34,14 +46,25 @@ class JobQueue:
         ServiceUnavailable
             If the broker cannot be reached.
         """
+        self._send(PREDICT_TASK, PredictMessage(job_id=job_id).model_dump())
+
+    def enqueue_chunks(self, batch_id: str, chunks: int) -> None:
+        """Send every chunk of a batch to the workers, reusing one broker connection.
+
+        Raises
+        ------
+        ServiceUnavailable
+            If the broker cannot be reached.
+        """
         try:
-            self.celery.send_task(
-                PREDICT_TASK,
-                kwargs=PredictMessage(job_id=job_id).model_dump(),
-                queue=self.queue,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-            )
+            with self.celery.producer_or_acquire() as producer:
+                for index in range(chunks):
+                    self.celery.send_task(
+                        PREDICT_CHUNK_TASK,
+                        kwargs=ChunkMessage(batch_id=batch_id, chunk=index).model_dump(),
+                        queue=self.queue,
+                        producer=producer,
+                    )
         except Exception as exc:  # kombu raises several transport-specific types
             raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
 

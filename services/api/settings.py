@@ -25,6 +25,15 @@ class ApiSettings(SkyserveSettings):
     poll_interval_seconds: float = Field(
         default=0.05, gt=0, description="How often a waiting GET re-reads the job record."
     )
+    batch_chunk_rows: int = Field(
+        default=128, gt=0, le=10_000,
+        description="Rows per worker task: large enough to batch inference, small enough "
+        "for smooth progress and cheap redelivery.",
+    )
+    max_batch_rows: int = Field(default=1_000_000, gt=0, description="Most rows in one batch.")
+    max_batch_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Largest catalog or zip upload, in bytes."
+    )
     worker_stale_seconds: float = Field(
         default=30.0, gt=0, description="A worker heartbeat older than this does not count as ready."
     )
