@@ -50,6 +50,17 @@ class JobStore:
     def blob_key(self, job_id: str) -> str:
         return f"{self.prefix}:blob:{job_id}"
 
+    def seen_key(self, job_id: str) -> str:
+        return f"{self.prefix}:seen:{job_id}"
+
+    def put_seen_image(self, job_id: str, png: bytes) -> None:
+        """Keep the image the models saw (a target's rotated, cropped cutout)."""
+        self.redis.set(self.seen_key(job_id), png, ex=self.ttl)
+
+    def seen_image(self, job_id: str) -> bytes | None:
+        """The image the models saw, if the worker kept one."""
+        return self.redis.get(self.seen_key(job_id))
+
     def idempotency_key(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from services.api.metrics import JOBS_SUBMITTED
 from services.api.queue import JobQueue
@@ -10,10 +11,12 @@ from shared.errors import InvalidRequest, ServiceUnavailable, UnknownTask
 from shared.jobstore import JobStore, new_job_id
 from shared.preprocessing import inspect_image
 from shared.registry import RegistryReader
+from shared.resolver import get_resolver
 from shared.schemas import ImageInput, Job
+from shared.targets import resolve_target
 from shared.taskdefs import load_task_definitions
 
-__all__ = ["parse_task_list", "parse_versions", "resolve_tasks", "submit_image"]
+__all__ = ["parse_task_list", "parse_versions", "resolve_tasks", "submit_image", "submit_target"]
 
 
 def parse_task_list(values: list[str] | None) -> list[str]:
@@ -119,10 +122,41 @@ def submit_image(
             height=info.height,
         ),
     )
-    stored = store.create(job, data, idempotency_key=idempotency_key)
+    return _store_and_enqueue(
+        store, queue, job, data, idempotency_key, same=lambda earlier: earlier.input.sha256 == job.input.sha256
+    )
+
+
+def submit_target(
+    *,
+    store: JobStore,
+    queue: JobQueue,
+    registry: RegistryReader,
+    target: dict[str, object],
+    tasks: list[str],
+    pins: dict[str, int],
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Resolve a catalogued object or position (404 with suggestions if unknown) and enqueue it."""
+    tasks = resolve_tasks(registry, tasks, pins)
+    job = Job(id=new_job_id(), tasks=tasks, versions=pins, input=resolve_target(target, get_resolver()))
+    return _store_and_enqueue(
+        store, queue, job, None, idempotency_key, same=lambda earlier: earlier.input.query == target
+    )
+
+
+def _store_and_enqueue(
+    store: JobStore,
+    queue: JobQueue,
+    job: Job,
+    payload: bytes | None,
+    idempotency_key: str | None,
+    *,
+    same: Callable[[Job], bool],
+) -> tuple[Job, bool]:
+    stored = store.create(job, payload, idempotency_key=idempotency_key)
     if stored.id != job.id:
-        earlier = stored.input
-        if not isinstance(earlier, ImageInput) or earlier.sha256 != job.input.sha256:
+        if stored.input.kind != job.input.kind or not same(stored):
             raise InvalidRequest(
                 "This Idempotency-Key was used for a different request; use a new key.",
                 earlier_job=stored.id,
@@ -134,5 +168,5 @@ def submit_image(
         # Never leave a job queued that no worker will ever see.
         store.fail(job.id, exc)
         raise
-    JOBS_SUBMITTED.labels(kind="image").inc()
+    JOBS_SUBMITTED.labels(kind=job.input.kind).inc()
     return stored, True

@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
 from services.api.problems import problem_responses
-from services.api.submission import parse_task_list, parse_versions, submit_image
-from shared.errors import ImageTooLarge, InvalidRequest, UnsupportedMediaType
+from services.api.submission import parse_task_list, parse_versions, submit_image, submit_target
+from shared.errors import ImageTooLarge, InvalidRequest, JobNotFound, UnsupportedMediaType
 from shared.schemas import TERMINAL_STATUSES, Job
 
 __all__ = ["router"]
@@ -21,10 +22,31 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="Job id from POST /v1/jobs.")]
 
+class TargetJobRequest(BaseModel):
+    """A job on a catalogued object or a sky position instead of an uploaded image."""
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"target": {"pgc": 2557}, "tasks": ["inclination"]},
+                {"target": {"name": "M33"}},
+                {"target": {"ra": 10.68, "dec": 41.27, "fov_arcmin": 5}},
+            ]
+        }
+    }
+
+    target: dict[str, str | int | float] = Field(
+        description='{"pgc": N}, {"name": "M33"}, or {"ra": …, "dec": …, "fov_arcmin": …}'
+    )
+    tasks: list[str] = Field(default_factory=list, description="Default: every served task.")
+    versions: dict[str, int] = Field(default_factory=dict)
+
+
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
+            "application/json": {"schema": TargetJobRequest.model_json_schema()},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -64,8 +86,9 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | N
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
-            "Send the image as multipart/form-data with a 'file' field "
-            "(curl -F file=@galaxy.png -F tasks=inclination …)."
+            "Send an image as multipart/form-data with a 'file' field "
+            "(curl -F file=@galaxy.png -F tasks=inclination …), or JSON naming a target "
+            '({"target": {"name": "M33"}}).'
         )
     form = await request.form(max_files=1, max_fields=20)
     upload = form.get("file")
@@ -88,14 +111,14 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | N
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Job,
     operation_id="submit_job",
-    summary="Submit an image for one or more tasks",
+    summary="Submit an image, a catalogued object or a sky position for one or more tasks",
     description="Stores the image, queues it for the workers and answers at once with the job "
     "record. Poll `Location` (or pass `?wait=`) for the result. A repeated request with the "
     "same `Idempotency-Key` returns the first job instead of making a second one.",
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": Job, "description": "An earlier job with the same Idempotency-Key."},
-        **problem_responses(413, 415, 422, 503),
+        **problem_responses(404, 413, 415, 422, 503),
     },
 )
 async def submit_job(
@@ -107,8 +130,39 @@ async def submit_job(
     registry: RegistryDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Job:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        job, created = await _submit_target_json(request, store, queue, registry, idempotency_key)
+    else:
+        job, created = await _submit_upload(request, settings, store, queue, registry, idempotency_key)
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job
+
+
+async def _submit_target_json(request, store, queue, registry, idempotency_key):  # type: ignore[no-untyped-def]
+    raw = await request.body()
+    try:
+        body = TargetJobRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"The JSON body is not a target job: {where}.") from None
+    return await anyio.to_thread.run_sync(
+        lambda: submit_target(
+            store=store,
+            queue=queue,
+            registry=registry,
+            target=dict(body.target),
+            tasks=parse_task_list(body.tasks),
+            pins={k.lower(): v for k, v in body.versions.items()},
+            idempotency_key=idempotency_key,
+        )
+    )
+
+
+async def _submit_upload(request, settings, store, queue, registry, idempotency_key):  # type: ignore[no-untyped-def]
     data, filename, content_type, fields = await _read_upload(request, settings.max_upload_bytes)
-    job, created = await anyio.to_thread.run_sync(
+    return await anyio.to_thread.run_sync(
         lambda: submit_image(
             store=store,
             queue=queue,
@@ -122,10 +176,6 @@ async def submit_job(
             idempotency_key=idempotency_key,
         )
     )
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return job
 
 
 @router.get(
@@ -166,3 +216,20 @@ async def get_job(
 )
 async def cancel_job(job_id: JOB_ID, store: StoreDep) -> Job:
     return await anyio.to_thread.run_sync(store.cancel, job_id)
+
+
+@router.get(
+    "/{job_id}/image",
+    operation_id="get_job_image",
+    summary="The image the models saw (for target jobs: the rotated, cropped cutout)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **problem_responses(404, 422)},
+)
+async def get_job_image(job_id: JOB_ID, store: StoreDep) -> Response:
+    png = await anyio.to_thread.run_sync(store.seen_image, job_id)
+    if png is None:
+        await anyio.to_thread.run_sync(store.get, job_id)  # 404 for an unknown job
+        raise JobNotFound(
+            f"Job {job_id} has no evaluated image (yet): only finished target jobs keep one."
+        )
+    return Response(png, media_type="image/png")
