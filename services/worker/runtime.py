@@ -1,0 +1,126 @@
+"""What one worker process holds: job store, registry reader, ONNX sessions, heartbeat.
+
+Built lazily on first use in the process that runs tasks (never at import, and
+never shared across a fork: a child builds its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import redis
+
+from services.worker.heartbeat import Heartbeat
+from services.worker.sessions import SessionCache
+from services.worker.settings import WorkerSettings
+from shared.jobstore import JobStore
+from shared.registry import RegistryReader
+
+__all__ = ["WorkerRuntime", "get_runtime", "stop_runtime"]
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    """The per-process state the predict task works with.
+
+    Parameters
+    ----------
+    settings
+        Redis, registry, ONNX Runtime and heartbeat settings.
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=30,
+        )
+        self.store = JobStore(
+            client, prefix=settings.key_prefix, ttl_seconds=settings.job_ttl_seconds
+        )
+        self.registry = RegistryReader(settings.models_dir)
+        self.sessions = SessionCache(
+            self.registry,
+            providers=settings.available_providers(),
+            intra_op_threads=settings.intra_op_threads,
+            poll_seconds=settings.registry_poll_seconds,
+            pinned_cached=settings.pinned_versions_cached,
+        )
+        self.hostname: str | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        """The heartbeat record: who this process is and what it serves."""
+        return {
+            "hostname": self.hostname,
+            "pid": self.pid,
+            # A prefork child's parent is the worker's main process.
+            "ppid": os.getppid(),
+            "time": time.time(),
+            "started_at": self.started_at,
+            "queue": self.settings.celery_queue,
+            "served": self.sessions.served(),
+            "providers": self.sessions.loaded_providers(),
+            "max_batch_size": self.settings.max_batch_size,
+        }
+
+    def start_heartbeat(self, hostname: str) -> bool:
+        """Start beating as ``hostname`` (once per process); False if already beating."""
+        with self._lock:
+            if self._heartbeat is not None and self._heartbeat.alive:
+                return False
+            self.hostname = hostname
+            self._heartbeat = Heartbeat(
+                self.store,
+                f"{hostname}/{self.pid}",
+                self.describe,
+                interval=self.settings.heartbeat_interval_seconds,
+                ttl=self.settings.heartbeat_ttl_seconds,
+                housekeeping=self.sessions.refresh,
+                prepare=self.sessions.warm_up if self.settings.warm_up else None,
+            )
+            self._heartbeat.start()
+            logger.info("Worker %s/%d: heartbeat started.", hostname, self.pid)
+            return True
+
+    def stop_heartbeat(self) -> None:
+        """Stop beating and remove the key, so the API stops counting this process."""
+        with self._lock:
+            if self._heartbeat is not None:
+                self._heartbeat.stop(forget=True)
+                self._heartbeat = None
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(settings: WorkerSettings) -> WorkerRuntime:
+    """This process's runtime for ``settings``, built on first use.
+
+    A forked child (prefork pool) or other settings get a fresh one: sockets and
+    sessions are never shared across processes.
+    """
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid() or _runtime.settings is not settings:
+            _runtime = WorkerRuntime(settings)
+        return _runtime
+
+
+def stop_runtime() -> None:
+    """Stop this process's heartbeat, if it built a runtime (worker shutdown)."""
+    with _runtime_lock:
+        runtime = _runtime if _runtime is not None and _runtime.pid == os.getpid() else None
+    if runtime is not None:
+        runtime.stop_heartbeat()

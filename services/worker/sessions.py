@@ -1,0 +1,301 @@
+"""ONNX Runtime sessions per process, created lazily and cached by (task, version).
+
+Every member file is checked against its manifest sha256 before it is loaded. The
+cache follows newly published versions (looking at most every ``poll_seconds``)
+and keeps serving the version it has when a newer one fails its checks or does not
+load, so a broken publish never takes a task offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+from shared.errors import ModelIntegrityError, SkyserveError, UnknownTask
+from shared.registry import Manifest, Member, RegistryReader
+from shared.taskdefs import TaskDefinition, load_task_definitions
+
+__all__ = ["LoadedModel", "MemberSession", "SessionCache"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberSession:
+    """One ensemble member, ready to run."""
+
+    member: Member
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registry version with a session per member; immutable, so safe to share."""
+
+    manifest: Manifest
+    members: tuple[MemberSession, ...]
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the sessions actually got (a missing CUDA falls back to CPU)."""
+        return list(self.members[0].session.get_providers())
+
+
+class SessionCache:
+    """Loads and caches the versions a worker process serves.
+
+    Parameters
+    ----------
+    registry
+        Where versions are read from.
+    providers
+        ONNX Runtime execution providers, in order of preference, all available.
+    intra_op_threads
+        Threads per inference; 0 lets ONNX Runtime decide.
+    poll_seconds
+        Least time between two looks for a newer version of a task.
+    pinned_cached
+        Versions other than the latest kept loaded (least recently used go first).
+    task_definitions
+        Task name → definition, to check each model's output width; the ones in
+        ``shared/taskdefs`` when None.
+    clock
+        Monotonic clock, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        registry: RegistryReader,
+        *,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        poll_seconds: float = 30.0,
+        pinned_cached: int = 2,
+        task_definitions: Mapping[str, TaskDefinition] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.task_definitions = (
+            task_definitions if task_definitions is not None else load_task_definitions()
+        )
+        self.providers = list(providers)
+        self.intra_op_threads = intra_op_threads
+        self.poll_seconds = poll_seconds
+        self.pinned_cached = pinned_cached
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._loaded: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._current: dict[str, int] = {}
+        self._polled: dict[str, float] = {}
+        # Published versions never change, so one that failed stays failed in this process.
+        self._broken: dict[tuple[str, int], str] = {}
+
+    def get(self, task: str, version: int | None = None) -> LoadedModel:
+        """The sessions of ``task``: a pinned ``version``, else the latest good one.
+
+        Raises
+        ------
+        UnknownTask
+            If no version of ``task`` is published.
+        UnknownModelVersion
+            If a pinned version does not exist.
+        ModelIntegrityError
+            If a pinned version (or, with nothing loaded yet, every version) fails its
+            checksum or does not load.
+        """
+        with self._lock:
+            if version is None:
+                return self._latest(task)
+            return self._pinned(task, version)
+
+    def served(self) -> dict[str, int]:
+        """Task → version this process answers with when no version is pinned."""
+        with self._lock:
+            return dict(self._current)
+
+    def loaded_providers(self) -> list[str]:
+        """Providers of the loaded sessions (or the requested ones when nothing is loaded)."""
+        with self._lock:
+            for model in self._loaded.values():
+                return model.providers
+        return list(self.providers)
+
+    def warm_up(self) -> dict[str, int]:
+        """Load the latest good version of every published task; return what is served."""
+        for task in self.registry.tasks():
+            try:
+                self.get(task)
+            except SkyserveError:
+                logger.exception("Cannot serve task %r yet.", task)
+        return self.served()
+
+    def refresh(self) -> dict[str, int]:
+        """Look for newer versions of the served tasks now (if their poll is due)."""
+        for task in list(self.served()):
+            try:
+                self.get(task)
+            except SkyserveError:
+                logger.exception("Refreshing task %r failed.", task)
+        return self.served()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _latest(self, task: str) -> LoadedModel:
+        current = self._current.get(task)
+        now = self._clock()
+        if current is not None and now - self._polled.get(task, -float("inf")) < self.poll_seconds:
+            return self._touch(task, current)
+        try:
+            versions = self.registry.versions(task)
+        except OSError:
+            if current is None:
+                raise
+            logger.warning("Cannot list versions of %r; serving v%d.", task, current, exc_info=True)
+            return self._touch(task, current)
+        self._polled[task] = now
+        newer = [v for v in reversed(versions) if current is None or v > current]
+        for version in newer:
+            if (task, version) in self._broken:
+                continue
+            try:
+                model = self._load(task, version)
+            except Exception as exc:  # any failure means: do not serve it
+                self._broken[(task, version)] = _why(exc)
+                logger.exception(
+                    "%s v%d cannot be served; keeping %s.",
+                    task,
+                    version,
+                    f"v{current}" if current is not None else "older versions",
+                )
+                continue
+            if current is not None:
+                logger.info("%s: now serving v%d (was v%d).", task, version, current)
+            self._current[task] = version
+            self._store(model)
+            return model
+        if current is not None:
+            return self._touch(task, current)
+        if not versions:
+            raise UnknownTask(
+                f"No model serves the task {task!r}.", served_tasks=self.registry.tasks()
+            )
+        reasons = "; ".join(f"v{v}: {self._broken[(task, v)]}" for v in versions)
+        raise ModelIntegrityError(f"No version of {task!r} can be served ({reasons}).")
+
+    def _pinned(self, task: str, version: int) -> LoadedModel:
+        key = (task, version)
+        if key in self._loaded:
+            return self._touch(task, version)
+        if key in self._broken:
+            raise ModelIntegrityError(
+                f"{task} v{version} cannot be served: {self._broken[key]}. "
+                "Ask for another version, or none for the latest."
+            )
+        try:
+            model = self._load(task, version)
+        except SkyserveError as exc:
+            if isinstance(exc, ModelIntegrityError):
+                self._broken[key] = _why(exc)
+            raise
+        except Exception as exc:  # ONNX Runtime raises its own types
+            logger.exception("%s v%d does not load.", task, version)
+            self._broken[key] = _why(exc)
+            raise ModelIntegrityError(
+                f"{task} v{version} cannot be served: {self._broken[key]}. "
+                "Ask for another version, or none for the latest."
+            ) from exc
+        self._store(model)
+        return model
+
+    def _touch(self, task: str, version: int) -> LoadedModel:
+        self._loaded.move_to_end((task, version))
+        return self._loaded[(task, version)]
+
+    def _store(self, model: LoadedModel) -> None:
+        self._loaded[(model.task, model.version)] = model
+        self._loaded.move_to_end((model.task, model.version))
+        current = set(self._current.items())
+        others = [key for key in self._loaded if key not in current]
+        for key in others[: max(len(others) - self.pinned_cached, 0)]:
+            del self._loaded[key]
+
+    def _load(self, task: str, version: int) -> LoadedModel:
+        """Verify and load every member of one version."""
+        manifest = self.registry.manifest(task, version)
+        if task not in self.task_definitions:
+            raise UnknownTask(f"The registry serves {task!r}, but no such task is defined.")
+        expected_columns = len(self.task_definitions[task].output_names)
+        if manifest.output.mc_dropout:
+            # Not applied yet: the version is served with its test-time transforms only.
+            logger.warning(
+                "%s v%d asks for MC dropout, which this worker does not apply yet.", task, version
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        members = []
+        for member in manifest.members:
+            path = self.registry.member_path(manifest, member)  # sha256 checked here
+            session = ort.InferenceSession(
+                str(path), sess_options=options, providers=self.providers
+            )
+            members.append(_bind(manifest, member, session, expected_columns))
+        logger.info(
+            "Loaded %s v%d (%d members) on %s.",
+            task,
+            version,
+            len(members),
+            members[0].session.get_providers(),
+        )
+        return LoadedModel(manifest=manifest, members=tuple(members))
+
+
+def _why(exc: Exception) -> str:
+    """A client-safe reason: our own errors say what failed, others only their type."""
+    if isinstance(exc, SkyserveError):
+        return exc.detail
+    return f"its model file does not load ({type(exc).__name__})"
+
+
+def _bind(
+    manifest: Manifest, member: Member, session: ort.InferenceSession, columns: int
+) -> MemberSession:
+    """Check a session's signature against the manifest and task; name its input and output."""
+    where = f"{manifest.task} v{manifest.version} {member.file}"
+    inputs = {i.name: i for i in session.get_inputs()}
+    spec = manifest.input
+    if spec.input_name not in inputs:
+        raise ModelIntegrityError(f"{where} has no input {spec.input_name!r} (has {list(inputs)}).")
+    shape = inputs[spec.input_name].shape
+    expected = [spec.size, spec.size, spec.channels]
+    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        raise ModelIntegrityError(
+            f"{where} takes {shape}, not (N, {', '.join(map(str, expected))})."
+        )
+    outputs = {o.name: o for o in session.get_outputs()}
+    name = manifest.output.output_name or session.get_outputs()[0].name
+    if name not in outputs:
+        raise ModelIntegrityError(f"{where} has no output {name!r} (has {list(outputs)}).")
+    last = outputs[name].shape[-1] if outputs[name].shape else None
+    if isinstance(last, int) and len(outputs[name].shape) > 1 and last != columns:
+        raise ModelIntegrityError(f"{where} gives {last} columns; the task has {columns}.")
+    return MemberSession(
+        member=member, session=session, input_name=spec.input_name, output_name=name
+    )

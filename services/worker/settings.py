@@ -1,0 +1,125 @@
+"""Worker settings: the shared ones plus ONNX Runtime, heartbeat, batching and Celery limits.
+
+Every field is read from ``SKYSERVE_<FIELD>`` (lists as JSON, e.g.
+``SKYSERVE_ONNX_PROVIDERS='["CPUExecutionProvider"]'``).
+
+Variables (type, default):
+
+- ``SKYSERVE_ONNX_PROVIDERS`` (list[str], ``["CUDAExecutionProvider", "CPUExecutionProvider"]``)
+- ``SKYSERVE_INTRA_OP_THREADS`` (int, 0 = ONNX Runtime decides, one thread per core)
+- ``SKYSERVE_REGISTRY_POLL_SECONDS`` (float, 30)
+- ``SKYSERVE_HEARTBEAT_INTERVAL_SECONDS`` (float, 5)
+- ``SKYSERVE_HEARTBEAT_TTL_SECONDS`` (int, 20)
+- ``SKYSERVE_MAX_BATCH_SIZE`` (int, 32)
+- ``SKYSERVE_PINNED_VERSIONS_CACHED`` (int, 2)
+- ``SKYSERVE_WARM_UP`` (bool, true)
+- ``SKYSERVE_TASK_SOFT_TIME_LIMIT_SECONDS`` (int, 300)
+- ``SKYSERVE_TASK_TIME_LIMIT_SECONDS`` (int, 330)
+- ``SKYSERVE_TRANSIENT_RETRIES`` (int, 5)
+- ``SKYSERVE_MAX_JOB_ATTEMPTS`` (int, 8)
+
+plus the shared ones of :class:`shared.settings.SkyserveSettings`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import onnxruntime
+from pydantic import Field, model_validator
+
+from shared.settings import SkyserveSettings
+
+__all__ = ["WorkerSettings", "get_settings"]
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerSettings(SkyserveSettings):
+    """Configuration of ``services.worker`` (``SKYSERVE_*`` environment variables)."""
+
+    onnx_providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference; those this "
+        "onnxruntime build lacks are skipped (see :meth:`available_providers`).",
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads one inference may use; 0 lets ONNX Runtime use every core. Set it "
+        "to cores / processes when running several worker processes on one host.",
+    )
+    registry_poll_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often a process looks for a newer published version of a task.",
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often a worker process writes its heartbeat."
+    )
+    heartbeat_ttl_seconds: int = Field(
+        default=20, gt=0, description="How long a heartbeat counts once written."
+    )
+    max_batch_size: int = Field(
+        default=32, gt=0, description="Most images (x test-time transforms) in one session run."
+    )
+    pinned_versions_cached: int = Field(
+        default=2,
+        ge=0,
+        description="Versions that are not the latest kept loaded for requests that pin one.",
+    )
+    warm_up: bool = Field(
+        default=True,
+        description="Load the latest version of every published task when a process starts.",
+    )
+    task_soft_time_limit_seconds: int = Field(
+        default=300,
+        gt=0,
+        description="A job running longer fails with a readable reason (prefork pool only).",
+    )
+    task_time_limit_seconds: int = Field(
+        default=330,
+        gt=0,
+        description="A job running longer has its process killed (prefork pool only).",
+    )
+    transient_retries: int = Field(
+        default=5, ge=0, description="Retries of a job after a Redis connection error."
+    )
+    max_job_attempts: int = Field(
+        default=8,
+        gt=0,
+        description="Deliveries after which a job that keeps killing its worker is failed.",
+    )
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> WorkerSettings:
+        if self.heartbeat_ttl_seconds <= self.heartbeat_interval_seconds:
+            raise ValueError("heartbeat_ttl_seconds must exceed heartbeat_interval_seconds")
+        if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
+            raise ValueError("task_soft_time_limit_seconds must be below task_time_limit_seconds")
+        if self.task_time_limit_seconds >= self.visibility_timeout_seconds:
+            # Otherwise Redis hands a job that is still running to a second worker.
+            raise ValueError("task_time_limit_seconds must be below visibility_timeout_seconds")
+        if self.max_job_attempts <= self.transient_retries:
+            raise ValueError("max_job_attempts must exceed transient_retries")
+        return self
+
+    def available_providers(self) -> list[str]:
+        """The preferred providers this onnxruntime build has, CPU as the last resort."""
+        available = set(onnxruntime.get_available_providers())
+        chosen = [p for p in self.onnx_providers if p in available]
+        if not chosen:
+            logger.warning(
+                "None of the ONNX providers %s is available (have %s); using the CPU.",
+                self.onnx_providers,
+                sorted(available),
+            )
+            chosen = ["CPUExecutionProvider"]
+        return chosen
+
+
+@lru_cache
+def get_settings() -> WorkerSettings:
+    """Process-wide worker settings, read once from the environment."""
+    return WorkerSettings()
