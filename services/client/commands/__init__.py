@@ -1,0 +1,1 @@
+"""The ``skyserve`` subcommands, grouped by what they work on; ``cli`` registers them."""

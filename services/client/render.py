@@ -1,0 +1,263 @@
+"""How the ``skyserve`` CLI shows things: result tables, catalogues, problems, progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from services.client.errors import SkyserveAPIError
+from shared.schemas import Batch, Job, JobStatus, TaskResult
+
+__all__ = [
+    "ImageOutcome",
+    "format_value",
+    "outcome_rows",
+    "results_table",
+    "submitted_table",
+    "tasks_table",
+    "models_table",
+    "readiness_table",
+    "print_problem",
+    "BatchProgress",
+]
+
+_STATUS_STYLE = {
+    JobStatus.QUEUED: "yellow",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.SUCCEEDED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "magenta",
+}
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one input of ``predict``/``target``: a job, or a refusal."""
+
+    label: str
+    job: Job | None = None
+    error: SkyserveAPIError | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "input": self.label,
+            "job": self.job.model_dump(mode="json") if self.job else None,
+            "error": self.error.problem if self.error else None,
+        }
+
+
+def format_value(result: TaskResult) -> str:
+    """The headline answer: ``42.10 ± 1.30 deg``, ``spiral (p=0.87)`` or a probability."""
+    unit = f" {result.unit}" if result.unit else ""
+    if isinstance(result.value, str):
+        p = (result.probabilities or {}).get(result.value)
+        return result.value if p is None else f"{result.value} (p={p:.2f})"
+    if result.value is None:
+        return "—"
+    stdev = (result.summary or {}).get("stdev")
+    if stdev is None:
+        return f"{result.value:.4g}{unit}"
+    return f"{result.value:.2f} ± {stdev:.2f}{unit}"
+
+
+def _status(status: JobStatus | str) -> str:
+    try:
+        style = _STATUS_STYLE[JobStatus(status)]
+    except ValueError:
+        style = "white"
+    return f"[{style}]{escape(str(status))}[/]"
+
+
+def _problem_text(problem: Any) -> str:
+    if problem is None:
+        return ""
+    data = problem if isinstance(problem, dict) else problem.model_dump()
+    title, detail = data.get("title") or "", data.get("detail") or ""
+    return f"{title} — {detail}" if title and detail else title or detail
+
+
+def _refusal(error: SkyserveAPIError | None) -> str:
+    """``422 unknown-task``: enough for a table cell; the full problem goes to stderr."""
+    if error is None:
+        return ""
+    return f"{error.status} {error.code or error.title}"
+
+
+def outcome_rows(outcomes: Sequence[ImageOutcome]) -> Iterable[dict[str, Any]]:
+    """One flat row per input and task (for tables and CSV files)."""
+    for outcome in outcomes:
+        job = outcome.job
+        base = {"input": outcome.label, "job": job.id if job else "", "task": "", "value": None}
+        base |= {"stdev": None, "label": "", "model_version": None}
+        if job is None:
+            refusal = {"error": str(outcome.error), "short_error": _refusal(outcome.error)}
+            yield base | {"status": "refused"} | refusal
+            continue
+        base |= {"status": job.status.value, "error": _problem_text(job.error)}
+        if job.result is None:
+            yield base | {"task": ",".join(job.tasks)}
+            continue
+        for task, result in job.result.tasks.items():
+            stdev = (result.summary or {}).get("stdev")
+            yield base | {
+                "task": task,
+                "value": result.value,
+                "stdev": stdev,
+                "label": format_value(result),
+                "model_version": result.model_version,
+            }
+
+
+def results_table(outcomes: Sequence[ImageOutcome], *, first_column: str = "image") -> Table:
+    """Input, task, value ± stdev and model version; errors in place of values."""
+    table = Table(header_style="bold")
+    table.add_column(first_column, overflow="fold", min_width=10)
+    table.add_column("task", min_width=6)
+    table.add_column("value ± stdev", overflow="fold", min_width=18)
+    table.add_column("model version", justify="right")
+    for row in outcome_rows(outcomes):
+        if row["status"] == JobStatus.SUCCEEDED:
+            value = escape(row["label"])
+        elif row["status"] == "refused":
+            value = f"[red]refused: {escape(row['short_error'])}[/]"
+        elif row["status"] == JobStatus.FAILED:
+            value = f"[red]failed: {escape(row['error'])}[/]"
+        else:
+            value = _status(row["status"])
+        version = "" if row["model_version"] is None else f"v{row['model_version']}"
+        table.add_row(escape(row["input"]), escape(row["task"]), value, version)
+    return table
+
+
+def submitted_table(outcomes: Sequence[ImageOutcome], *, first_column: str = "image") -> Table:
+    """Input, job id and status, for ``--no-wait``."""
+    table = Table(header_style="bold")
+    table.add_column(first_column, overflow="fold", min_width=10)
+    table.add_column("job", no_wrap=True)
+    table.add_column("status")
+    for outcome in outcomes:
+        if outcome.job is None:
+            refusal = escape(_refusal(outcome.error))
+            table.add_row(escape(outcome.label), "", f"[red]refused: {refusal}[/]")
+        else:
+            table.add_row(escape(outcome.label), outcome.job.id, _status(outcome.job.status))
+    return table
+
+
+def tasks_table(tasks: list[dict[str, Any]]) -> Table:
+    table = Table(header_style="bold")
+    for name in ("task", "kind", "unit / labels", "versions", "title"):
+        table.add_column(name)
+    for t in tasks:
+        detail = t.get("unit") or ", ".join(t.get("labels") or [])
+        versions = ", ".join(f"v{v}" for v in t.get("versions") or []) or "none served"
+        row = (t.get("name"), t.get("kind"), detail, versions, t.get("title"))
+        table.add_row(*(escape(str(v or "")) for v in row))
+    return table
+
+
+def _metrics(metrics: dict[str, Any], limit: int = 3) -> str:
+    scalars = [(k, v) for k, v in metrics.items() if isinstance(v, int | float)]
+    return ", ".join(f"{k}={v:.3g}" for k, v in scalars[:limit])
+
+
+def models_table(models: list[dict[str, Any]]) -> Table:
+    table = Table(header_style="bold")
+    for name in ("task", "version", "latest", "members", "created", "metrics"):
+        table.add_column(name)
+    for m in models:
+        table.add_row(
+            escape(str(m.get("task", ""))),
+            f"v{m.get('version')}",
+            "✓" if m.get("latest") else "",
+            str(len(m.get("members") or [])),
+            escape(str(m.get("created", ""))[:19]),
+            escape(_metrics(m.get("metrics") or {})),
+        )
+    return table
+
+
+def readiness_table(report: dict[str, Any]) -> Table:
+    ready = report.get("ready")
+    table = Table(title="[green]ready[/]" if ready else "[red]not ready[/]", header_style="bold")
+    table.add_column("check")
+    table.add_column("ok")
+    table.add_column("detail")
+    for name, check in (report.get("checks") or {}).items():
+        ok = "[green]✓[/]" if check.get("ok") else "[red]✗[/]"
+        table.add_row(escape(name), ok, escape(str(check.get("detail", ""))))
+    return table
+
+
+def print_problem(console: Console, exc: SkyserveAPIError) -> None:
+    """A refused request, readably: title, detail, and what to try instead."""
+    console.print(f"[bold red]Error:[/] {escape(str(exc))}")
+    for key, label in (("served_tasks", "Served tasks"), ("available", "Available")):
+        values = exc.problem.get(key)
+        if values:
+            console.print(f"  {label}: {escape(', '.join(map(str, values)))}")
+    errors = exc.problem.get("errors")
+    if isinstance(errors, list):
+        for err in errors[:5]:
+            where = ".".join(map(str, err.get("loc", [])))
+            console.print(f"  • {escape(where)}: {escape(str(err.get('msg', '')))}")
+
+
+class BatchProgress:
+    """A live bar of a batch's rows: done, failed, pending and rows per second."""
+
+    def __init__(self, console: Console, batch_id: str) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "[green]{task.fields[done]} done[/] · [red]{task.fields[failed]} failed[/] · "
+                "{task.fields[pending]} pending · {task.fields[rate]} rows/s"
+            ),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._task: TaskID = self._progress.add_task(
+            f"batch {batch_id[:12]}", total=None, done=0, failed=0, pending="?", rate="–"
+        )
+        self._start: tuple[float, int] | None = None
+
+    def __enter__(self) -> BatchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, batch: Batch) -> None:
+        p = batch.progress
+        finished = p.done + p.failed
+        now = time.monotonic()
+        if self._start is None:
+            self._start = (now, finished)
+        elapsed = now - self._start[0]
+        rate = f"{(finished - self._start[1]) / elapsed:.1f}" if elapsed > 0 else "–"
+        self._progress.update(
+            self._task,
+            total=p.total or None,
+            completed=finished,
+            done=p.done,
+            failed=p.failed,
+            pending=p.pending,
+            rate=rate,
+        )
