@@ -25,6 +25,7 @@ from shared.errors import ModelIntegrityError, RegistryUnavailable, UnknownModel
 
 __all__ = [
     "InputSpec",
+    "McDropout",
     "OutputSpec",
     "Calibration",
     "Member",
@@ -50,6 +51,22 @@ class InputSpec(BaseModel):
     input_name: str = "image"
 
 
+class McDropout(BaseModel):
+    """MC dropout that survives export: the member takes a dropout mask as a second input.
+
+    A stock ONNX export drops dropout, so members trained with MC dropout are exported
+    with an extra input ``mask_input`` of shape ``(N, units)`` multiplied into the
+    features before the head. The worker feeds ``samples`` random Bernoulli masks
+    (keep probability ``1 - rate``, scaled by ``1 / (1 - rate)``) per image and
+    transform, seeded from the image and version so an answer is reproducible.
+    """
+
+    samples: int = Field(ge=1, le=256)
+    rate: float = Field(gt=0.0, lt=1.0)
+    mask_input: str = "mc_mask"
+    units: int = Field(gt=0)
+
+
 class OutputSpec(BaseModel):
     """How a member's raw output becomes the task's answer."""
 
@@ -58,8 +75,7 @@ class OutputSpec(BaseModel):
     activation: Literal["identity", "tanh_range", "softmax", "sigmoid", "dirichlet"] = "identity"
     # vote_tree only: concentrations are 1 + scale * sigmoid(x), Zoobot's head.
     dirichlet_scale: float = 100.0
-    # MC dropout applied by the worker on an exported feature output (see docs).
-    mc_dropout: dict[str, Any] | None = None
+    mc_dropout: McDropout | None = None
 
 
 class Calibration(BaseModel):

@@ -5,11 +5,15 @@ transformed copies are stacked into one batch and run in chunks of at most
 ``max_batch_size``. The raw outputs, shaped ``(S, N, K)`` per member, go to
 :func:`shared.ensemble.summarize`, the same code the trainer evaluates with.
 
-MC dropout (``manifest.output.mc_dropout``) is not applied yet: ``S`` is the number
-of test-time transforms.
+With MC dropout (``manifest.output.mc_dropout``) every transformed copy is run
+``samples`` times, each with its own random dropout mask fed to the member's mask
+input, so ``S`` = transforms × samples. The masks are drawn from a generator seeded
+by the images' bytes and the model version: the same image gets the same answer.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -49,17 +53,36 @@ def run_members(
     n_images = images.shape[0]
     # One contiguous (S*N, H, W, C) batch: rot180 etc. are negative-stride views.
     stacked = np.ascontiguousarray(np.concatenate([tta_transform(images, t) for t in transforms]))
+    mc = model.manifest.output.mc_dropout
+    samples = mc.samples if mc else 1
+    if mc:
+        stacked = np.ascontiguousarray(np.tile(stacked, (samples, 1, 1, 1)))
     raw: dict[str, np.ndarray] = {}
-    for member in model.members:
+    for m, member in enumerate(model.members):
+        feeds = {member.input_name: stacked}
+        if mc:
+            feeds[mc.mask_input] = _dropout_masks(images, model, m, stacked.shape[0])
         chunks = [
             member.session.run(
-                [member.output_name], {member.input_name: stacked[start : start + max_batch_size]}
+                [member.output_name],
+                {name: value[start : start + max_batch_size] for name, value in feeds.items()},
             )[0]
             for start in range(0, stacked.shape[0], max_batch_size)
         ]
         out = np.concatenate(chunks).astype(np.float32, copy=False)
-        raw[member.member.name] = out.reshape(len(transforms), n_images, -1)
+        raw[member.member.name] = out.reshape(samples * len(transforms), n_images, -1)
     return raw
+
+
+def _dropout_masks(images: np.ndarray, model: LoadedModel, member: int, rows: int) -> np.ndarray:
+    """Scaled Bernoulli keep-masks, reproducible for the same images, version and member."""
+    mc = model.manifest.output.mc_dropout
+    assert mc is not None
+    digest = hashlib.blake2b(images.tobytes(), digest_size=8).digest()
+    seed = [int.from_bytes(digest, "little"), model.version, member]
+    rng = np.random.default_rng(seed)
+    keep = 1.0 - mc.rate
+    return (rng.random((rows, mc.units), dtype=np.float32) < keep).astype(np.float32) / keep
 
 
 def predict(

@@ -241,11 +241,6 @@ class SessionCache:
         if task not in self.task_definitions:
             raise UnknownTask(f"The registry serves {task!r}, but no such task is defined.")
         expected_columns = len(self.task_definitions[task].output_names)
-        if manifest.output.mc_dropout:
-            # Not applied yet: the version is served with its test-time transforms only.
-            logger.warning(
-                "%s v%d asks for MC dropout, which this worker does not apply yet.", task, version
-            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
@@ -289,6 +284,13 @@ def _bind(
         raise ModelIntegrityError(
             f"{where} takes {shape}, not (N, {', '.join(map(str, expected))})."
         )
+    mc = manifest.output.mc_dropout
+    if mc is not None:
+        mask = inputs.get(mc.mask_input)
+        if mask is None or (isinstance(mask.shape[-1], int) and mask.shape[-1] != mc.units):
+            raise ModelIntegrityError(
+                f"{where} has no MC-dropout mask input {mc.mask_input!r} of width {mc.units}."
+            )
     outputs = {o.name: o for o in session.get_outputs()}
     name = manifest.output.output_name or session.get_outputs()[0].name
     if name not in outputs:
