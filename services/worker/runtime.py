@@ -1,4 +1,5 @@
-"""What one worker process holds: job store, registry reader, ONNX sessions, heartbeat.
+"""What one worker process holds: job and batch stores, registry, ONNX sessions, image
+sources (cutout provider, URL fetcher) and the heartbeat.
 
 Built lazily on first use in the process that runs tasks (never at import, and
 never shared across a fork: a child builds its own).
@@ -15,8 +16,10 @@ from typing import Any
 import redis
 
 from services.worker.heartbeat import Heartbeat
+from services.worker.imaging import ImageSources
 from services.worker.sessions import SessionCache
 from services.worker.settings import WorkerSettings
+from shared.batchstore import BatchStore
 from shared.jobstore import JobStore
 from shared.registry import RegistryReader
 
@@ -47,6 +50,9 @@ class WorkerRuntime:
         self.store = JobStore(
             client, prefix=settings.key_prefix, ttl_seconds=settings.job_ttl_seconds
         )
+        self.batches = BatchStore(
+            client, prefix=settings.key_prefix, ttl_seconds=settings.job_ttl_seconds
+        )
         self.registry = RegistryReader(settings.models_dir)
         self.sessions = SessionCache(
             self.registry,
@@ -58,6 +64,23 @@ class WorkerRuntime:
         self.hostname: str | None = None
         self._heartbeat: Heartbeat | None = None
         self._lock = threading.Lock()
+        self._images: ImageSources | None = None
+        self._images_lock = threading.Lock()
+
+    @property
+    def images(self) -> ImageSources:
+        """The cutout provider and URL fetcher, built on first use, once per process."""
+        with self._images_lock:
+            if self._images is None:
+                self._images = ImageSources(self.settings)
+            return self._images
+
+    def close_images(self) -> None:
+        """Release the image sources' connections (worker shutdown)."""
+        with self._images_lock:
+            if self._images is not None:
+                self._images.close()
+                self._images = None
 
     def describe(self) -> dict[str, Any]:
         """The heartbeat record: who this process is and what it serves."""
@@ -119,8 +142,9 @@ def get_runtime(settings: WorkerSettings) -> WorkerRuntime:
 
 
 def stop_runtime() -> None:
-    """Stop this process's heartbeat, if it built a runtime (worker shutdown)."""
+    """Stop this process's heartbeat and close its connections, if it built a runtime."""
     with _runtime_lock:
         runtime = _runtime if _runtime is not None and _runtime.pid == os.getpid() else None
     if runtime is not None:
         runtime.stop_heartbeat()
+        runtime.close_images()

@@ -17,6 +17,7 @@ Variables (type, default):
 - ``SKYSERVE_TASK_TIME_LIMIT_SECONDS`` (int, 330)
 - ``SKYSERVE_TRANSIENT_RETRIES`` (int, 5)
 - ``SKYSERVE_MAX_JOB_ATTEMPTS`` (int, 8)
+- ``SKYSERVE_FETCH_THREADS`` (int, 8)
 
 plus the shared ones of :class:`shared.settings.SkyserveSettings`.
 """
@@ -90,6 +91,14 @@ class WorkerSettings(SkyserveSettings):
         default=8,
         gt=0,
         description="Deliveries after which a job that keeps killing its worker is failed.",
+    )
+
+    fetch_threads: int = Field(
+        default=8,
+        gt=0,
+        le=64,
+        description="Concurrent image fetches (cutouts, image URLs, zip files) per batch chunk; "
+        "the fetches are I/O bound, so more threads than cores pay off.",
     )
 
     @model_validator(mode="after")

@@ -1,11 +1,14 @@
-"""The predict task and the worker signals that start and stop the heartbeat.
+"""The predict and predict-chunk tasks, and the worker signals that start and stop the heartbeat.
 
-The task is thin: mark the job running, read its payload, preprocess once per input
-spec, run each task's ensemble, store the answer. Every outcome ends in the job
-record: a client mistake or a broken model as a readable ``failed``, a bug as a
+The tasks are thin. ``predict`` marks the job running, gets its image (the upload, or
+for a target the oriented cutout, kept as the image the models saw) and hands the
+bytes to :mod:`services.worker.answers`. ``predict_chunk`` answers one chunk of a
+batch through :mod:`services.worker.chunks` and records it once. Every outcome ends
+in a record: a client mistake or a broken model as a readable ``failed``, a bug as a
 generic internal problem naming the exception type. Only Redis connection errors
-are retried (with back-off and a cap); a redelivered job that already ended is
-left alone, so delivery at least once never yields two answers.
+are retried (with back-off and a cap); a redelivered job that already ended, or a
+chunk already recorded, is left alone, so delivery at least once never yields two
+answers nor counts a batch's progress twice.
 """
 
 from __future__ import annotations
@@ -13,24 +16,22 @@ from __future__ import annotations
 import logging
 import random
 import socket
-import time
 from typing import Any
 
-import numpy as np
 import redis
 from celery import Celery, Task, current_app, shared_task, signals
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from services.worker.inference import predict as predict_images
+from services.worker.answers import Stopwatch, answer, load_models, prepare
+from services.worker.chunks import answer_rows, count_attempt, failed_rows
 from services.worker.runtime import WorkerRuntime, get_runtime, stop_runtime
 from services.worker.settings import WorkerSettings, get_settings
-from shared.errors import InvalidRequest, JobNotFound, SkyserveError, UnknownTask
-from shared.messages import PREDICT_TASK
-from shared.preprocessing import preprocess
-from shared.schemas import TERMINAL_STATUSES, ImageInput, Job, JobResult, TaskResult
+from shared.errors import JobNotFound, SkyserveError
+from shared.messages import PREDICT_CHUNK_TASK, PREDICT_TASK
+from shared.schemas import TERMINAL_STATUSES, Job, JobResult, JobStatus, TargetInput
 
-__all__ = ["TRANSIENT_ERRORS", "answer_job", "predict"]
+__all__ = ["TRANSIENT_ERRORS", "answer_job", "predict", "predict_chunk"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,20 +114,26 @@ def predict(self: PredictTask, job_id: str) -> str:
         logger.warning("Job %s no longer exists (expired or deleted); nothing to do.", job_id)
         return "missing"
     except TRANSIENT_ERRORS as exc:
-        retries = self.request.retries
-        if retries >= settings.transient_retries:
-            # Ends in PredictTask.on_failure, which fails the job if Redis is back by then.
-            logger.error("Job %s: Redis unreachable (%s) after %d retries.", job_id, exc, retries)
-            raise
-        countdown = min(60.0, 2.0**retries) * random.uniform(0.5, 1.0)
-        logger.warning(
-            "Job %s: Redis unreachable (%s); retry %d in %.1f s.",
-            job_id,
-            exc,
-            retries + 1,
-            countdown,
-        )
-        raise self.retry(exc=exc, countdown=countdown, max_retries=settings.transient_retries)
+        _retry_with_backoff(self, exc, settings, f"Job {job_id}")
+        raise  # retries used up: PredictTask.on_failure fails the job if Redis is back
+
+
+def _retry_with_backoff(task: Task, exc: Exception, settings: WorkerSettings, what: str) -> None:
+    """After a transient error, raise Celery's Retry with back-off, or return when used up.
+
+    Back-off is exponential with jitter, capped at 60 s; after
+    ``settings.transient_retries`` retries it returns, and the caller re-raises so the
+    task fails and its ``on_failure`` records the outcome.
+    """
+    retries = task.request.retries
+    if retries >= settings.transient_retries:
+        logger.error("%s: Redis unreachable (%s) after %d retries.", what, exc, retries)
+        return
+    countdown = min(60.0, 2.0**retries) * random.uniform(0.5, 1.0)
+    logger.warning(
+        "%s: Redis unreachable (%s); retry %d in %.1f s.", what, exc, retries + 1, countdown
+    )
+    raise task.retry(exc=exc, countdown=countdown, max_retries=settings.transient_retries)
 
 
 def _internal_problem(exc: Exception, settings: WorkerSettings) -> SkyserveError:
@@ -141,12 +148,17 @@ def _internal_problem(exc: Exception, settings: WorkerSettings) -> SkyserveError
 
 
 def answer_job(runtime: WorkerRuntime, job: Job) -> JobResult:
-    """Run every task a single-image job asks for.
+    """Run every task a single-image job asks for, on its upload or its target's cutout.
+
+    A target's cutout is fetched with the process's provider, oriented by the
+    object's position angle, and kept (``JobStore.put_seen_image``) as the image the
+    models saw; from there both kinds of job take the same bytes-to-answers path
+    (:mod:`services.worker.answers`) as every batch row.
 
     Parameters
     ----------
     runtime
-        The process's store, registry and sessions.
+        The process's stores, registry, sessions and image sources.
     job
         The job record (tasks, pinned versions, input).
 
@@ -159,66 +171,122 @@ def answer_job(runtime: WorkerRuntime, job: Job) -> JobResult:
     ------
     SkyserveError
         InvalidRequest, UnknownTask, UnknownModelVersion, ModelIntegrityError,
-        InvalidImage, ImageTooLarge, UnsupportedMediaType, JobNotFound (payload gone).
+        InvalidImage, ImageTooLarge, UnsupportedMediaType, JobNotFound (payload gone),
+        CutoutUnavailable, HostNotAllowed (target jobs).
     """
     settings = runtime.settings
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round((now - since) * 1000.0, 3)
-        return now
-
-    names = _requested_tasks(runtime, job)
-    if not isinstance(job.input, ImageInput):
-        raise InvalidRequest(
-            "This worker answers uploaded images only; jobs naming a catalog target "
-            "cannot be answered yet. Upload the image instead."
-        )
-    definitions = runtime.sessions.task_definitions
-    models = {name: runtime.sessions.get(name, job.versions.get(name)) for name in names}
-    mark = lap("load_models", started)
-    payload = runtime.store.payload(job.id)
-    mark = lap("read_payload", mark)
-
-    # One decode-and-resize per distinct input spec, shared by the tasks that use it.
-    inputs: dict[str, np.ndarray] = {}
-    for model in models.values():
-        key = model.manifest.input.model_dump_json()
-        if key not in inputs:
-            array = preprocess(payload, model.manifest.input, max_pixels=settings.max_image_pixels)
-            inputs[key] = array[np.newaxis]
-    mark = lap("preprocess", mark)
-
-    answers: dict[str, TaskResult] = {}
-    for name, model in models.items():
-        images = inputs[model.manifest.input.model_dump_json()]
-        (answers[name],) = predict_images(
-            definitions[name], model, images, max_batch_size=settings.max_batch_size
-        )
-        mark = lap(f"infer:{name}", mark)
-    lap("total", started)
+    watch = Stopwatch()
+    models = load_models(runtime, job.tasks, job.versions)
+    watch.lap("load_models")
+    if isinstance(job.input, TargetInput):
+        payload = runtime.images.cutout(job.input)
+        runtime.store.put_seen_image(job.id, payload)
+        watch.lap("fetch_cutout")
+    else:
+        payload = runtime.store.payload(job.id)
+        watch.lap("read_payload")
+    prepared = prepare(payload, models, max_pixels=settings.max_image_pixels)
+    watch.lap("preprocess")
+    (answers,) = answer(
+        runtime.sessions.task_definitions,
+        models,
+        [prepared],
+        max_batch_size=settings.max_batch_size,
+        watch=watch,
+    )
     return JobResult(
         tasks=answers,
         models={name: model.version for name, model in models.items()},
-        timings_ms=timings,
+        timings_ms=watch.total(),
     )
 
 
-def _requested_tasks(runtime: WorkerRuntime, job: Job) -> list[str]:
-    """The job's task names, in order and without repeats; each must be defined."""
-    names = list(dict.fromkeys(job.tasks))
-    if not names:
-        raise InvalidRequest("The job names no task. Ask for at least one, e.g. 'inclination'.")
-    defined = runtime.sessions.task_definitions
-    unknown = [name for name in names if name not in defined]
-    if unknown:
-        raise UnknownTask(
-            f"No such task: {', '.join(map(repr, unknown))}.",
-            served_tasks=runtime.registry.tasks(),
-        )
-    return names
+# -- batches: one task per chunk of rows --------------------------------------------------
+
+
+class ChunkTask(Task):
+    """Base of :func:`predict_chunk`: records the chunk failed when the task dies outside
+    its own handling (a hard time limit, Redis retries run out), so no row is lost."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        batch_id, index = (kwargs or {}).get("batch_id"), (kwargs or {}).get("chunk")
+        if not batch_id or index is None:
+            return
+        settings = _settings(self.app)
+        if isinstance(exc, TimeLimitExceeded):
+            detail = (
+                f"This row's chunk ran past the worker's time limit "
+                f"({settings.task_time_limit_seconds} s) and was stopped."
+            )
+        else:
+            detail = f"This row could not be completed ({type(exc).__name__}); try again later."
+        try:
+            batches = get_runtime(settings).batches
+            rows = batches.chunk(batch_id, int(index))
+            batches.record_chunk(batch_id, int(index), failed_rows(rows, SkyserveError(detail)))
+        except Exception:  # Redis may be the reason we are here; nothing more to do
+            logger.warning(
+                "Could not record batch %s chunk %s failed.", batch_id, index, exc_info=True
+            )
+
+
+@shared_task(
+    name=PREDICT_CHUNK_TASK,
+    bind=True,
+    base=ChunkTask,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def predict_chunk(self: ChunkTask, batch_id: str, chunk: int) -> str:
+    """Answer one chunk of a batch and record it once; returns what happened (for the log).
+
+    Parameters
+    ----------
+    batch_id, chunk
+        Which rows (:class:`shared.messages.ChunkMessage`).
+    """
+    settings = _settings(self.app)
+    runtime = get_runtime(settings)
+    batches = runtime.batches
+    where = f"Batch {batch_id} chunk {chunk}"
+    try:
+        batch = batches.get(batch_id)
+        if batch.status == JobStatus.CANCELLED:
+            logger.info("%s: the batch is cancelled; not running it.", where)
+            return "cancelled"
+        if batches.has_result(batch_id, chunk):
+            logger.info("%s is already recorded; not recomputing.", where)
+            return "duplicate"
+        attempts = count_attempt(runtime, batch_id, chunk)
+        rows = batches.chunk(batch_id, chunk)
+        if attempts > settings.max_job_attempts:
+            results = failed_rows(
+                rows,
+                SkyserveError(
+                    f"This row's chunk was started {attempts - 1} times without finishing (its "
+                    "worker process died each time); it will not be tried again."
+                ),
+            )
+        else:
+            try:
+                results = answer_rows(runtime, batch, rows)
+            except SkyserveError as err:
+                logger.info("%s failed as a whole: %s", where, err.detail)
+                results = failed_rows(rows, err)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                logger.exception("%s hit an unexpected error.", where)
+                results = failed_rows(rows, _internal_problem(exc, settings))
+        recorded = batches.record_chunk(batch_id, chunk, results)
+        return "recorded" if recorded else "duplicate"
+    except JobNotFound:
+        logger.warning("%s no longer exists (expired or deleted); nothing to do.", where)
+        return "missing"
+    except TRANSIENT_ERRORS as exc:
+        _retry_with_backoff(self, exc, settings, where)
+        raise  # retries used up: ChunkTask.on_failure records the rows failed if it can
 
 
 # -- heartbeat: one per process that runs tasks ------------------------------------------

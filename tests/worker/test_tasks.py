@@ -165,12 +165,18 @@ def test_a_vanished_job_is_acknowledged_quietly(task: Task) -> None:
     assert run(task, new_job_id()) == "missing"
 
 
-def test_catalog_targets_are_refused_readably(task: Task, store: JobStore) -> None:
+def test_targets_without_a_cutout_service_fail_readably(
+    settings: WorkerSettings, store: JobStore
+) -> None:
+    # Target jobs succeeding against a real cutout server: tests/integration/test_targets.py.
+    app = create_celery_app(settings.model_copy(update={"cutout_provider": "none"}))
+    app.loader.import_default_modules()
     target = TargetInput(query={"pgc": 2557}, ra_deg=23.46, dec_deg=30.66, fov_arcmin=60.0)
     job = store.create(Job(id=new_job_id(), tasks=["inclination"], input=target), None)
 
-    assert run(task, job.id) == "failed"
-    assert "uploaded images only" in store.get(job.id).error.detail
+    assert run(app.tasks[PREDICT_TASK], job.id) == "failed"
+    error = store.get(job.id).error
+    assert error.code == "cutout-unavailable" and "no cutout service" in error.detail
 
 
 def test_a_redis_outage_is_retried_then_given_up(

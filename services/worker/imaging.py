@@ -1,0 +1,155 @@
+"""Where the worker gets pixels that were not uploaded: survey cutouts and allowlisted URLs.
+
+One :class:`ImageSources` per process, built from the ``cutout_*`` settings on first
+use (the runtime caches it), holds the cutout provider and the HTTP client used for
+image URLs. Both are thread-safe, so a batch chunk fetches its rows concurrently
+through the same instance.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from services.worker.settings import WorkerSettings
+from shared.cutouts import (
+    CutoutProvider,
+    HttpCutoutProvider,
+    fetch_oriented_cutout,
+    provider_from_settings,
+)
+from shared.errors import CutoutUnavailable, HostNotAllowed
+from shared.schemas import TargetInput
+
+__all__ = ["ImageSources"]
+
+logger = logging.getLogger(__name__)
+
+
+class ImageSources:
+    """The process's cutout provider and image-URL fetcher, built once from settings.
+
+    Invalid cutout settings do not stop the worker (uploads still work): they are
+    logged once, and every request that needs the provider fails with a readable
+    :class:`CutoutUnavailable` saying what is misconfigured.
+
+    Parameters
+    ----------
+    settings
+        The ``cutout_*`` settings (provider, URL template, allowlist, timeouts,
+        retries, cache) and ``max_image_pixels``.
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self._provider: CutoutProvider | None = None
+        self._provider_problem: str | None = None
+        self._fetcher: HttpCutoutProvider | None = None
+        self._owned_fetcher = False
+        try:
+            self._provider = provider_from_settings(settings)
+        except ValueError as exc:
+            self._provider_problem = (
+                f"This worker cannot fetch cutouts: its cutout settings are invalid ({exc}). "
+                "An operator must fix the SKYSERVE_CUTOUT_* settings."
+            )
+            logger.error("Cutout provider not built: %s", exc)
+        if self._provider is None and self._provider_problem is None:
+            self._provider_problem = (
+                "This worker has no cutout service (SKYSERVE_CUTOUT_PROVIDER=none), so "
+                "catalog targets and sky positions cannot be imaged; upload the image instead."
+            )
+        if isinstance(self._provider, HttpCutoutProvider):
+            self._fetcher = self._provider
+        else:
+            self._fetcher = _standalone_fetcher(settings)
+            self._owned_fetcher = self._fetcher is not None
+
+    @property
+    def provider(self) -> CutoutProvider:
+        """The configured cutout provider.
+
+        Raises
+        ------
+        CutoutUnavailable
+            None is configured, or its settings are invalid.
+        """
+        if self._provider is None:
+            raise CutoutUnavailable(self._provider_problem or "No cutout service is configured.")
+        return self._provider
+
+    def cutout(self, target: TargetInput) -> bytes:
+        """The oriented PNG of a resolved target: fetched, turned by its PA, cropped.
+
+        Raises
+        ------
+        CutoutUnavailable
+            No provider, or it did not deliver (timeouts, errors, not an image).
+        HostNotAllowed
+            A redirect off the allowlist (providers normally report it as unavailable).
+        """
+        resolved: dict[str, Any] = target.resolved or {}
+        return fetch_oriented_cutout(
+            self.provider,
+            target.ra_deg,
+            target.dec_deg,
+            target.fov_arcmin,
+            pa_deg=target.pa_deg,
+            name=resolved.get("name"),
+            aliases=list(resolved.get("identifiers") or ()),
+        )
+
+    def image_url(self, url: str) -> bytes:
+        """The bytes behind a client's image URL, under the host allowlist and size limits.
+
+        Raises
+        ------
+        HostNotAllowed
+            The host (or a redirect) is off the allowlist, or no host is allowlisted.
+        CutoutUnavailable
+            Timeouts, connection failures, error statuses.
+        ImageTooLarge, UnsupportedMediaType, InvalidImage
+            The body is too big, not an image, or does not decode.
+        """
+        if self._fetcher is None:
+            raise HostNotAllowed(
+                f"{url!r} cannot be fetched: no image host is allowlisted on this worker "
+                "(SKYSERVE_CUTOUT_ALLOWED_HOSTS is empty).",
+                url=url,
+            )
+        return self._fetcher.fetch_url(url)
+
+    def close(self) -> None:
+        """Release HTTP connections."""
+        if self._provider is not None:
+            self._provider.close()
+        if self._owned_fetcher and self._fetcher is not None:
+            self._fetcher.close()
+
+
+def _standalone_fetcher(settings: WorkerSettings) -> HttpCutoutProvider | None:
+    """An allowlisted URL fetcher for a worker whose cutouts do not come over HTTP.
+
+    :class:`HttpCutoutProvider` is both the cutout client and the checked URL fetcher;
+    it insists on a template whose host is allowlisted, so one is made from the first
+    allowlist entry. The template is never used: only :meth:`fetch_url` is called.
+    """
+    for entry in settings.cutout_allowed_hosts:
+        host = entry.strip()
+        if not host:
+            continue
+        if host.startswith("*."):
+            host = "x" + host[1:]
+        try:
+            return HttpCutoutProvider(
+                f"https://{host}/",
+                settings.cutout_allowed_hosts,
+                timeout_s=settings.cutout_timeout_seconds,
+                retries=settings.cutout_retries,
+                backoff_s=settings.cutout_backoff_seconds,
+                max_bytes=settings.cutout_max_bytes,
+                max_pixels=settings.max_image_pixels,
+            )
+        except ValueError:
+            logger.warning("Allowlist entry %r cannot seed a URL fetcher.", entry, exc_info=True)
+    return None
