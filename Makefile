@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast install-run install-test models bench lint fmt up down clean
+.PHONY: help run test test-fast install-run install-test system-deps models bench lint fmt up down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 install-run: $(VENV)/.run-installed ## Install what `make run` needs (no TensorFlow)
 
 install-test: $(VENV)/.test-installed ## Install everything, trainer and test tools included
+
+system-deps: ## Debian packages for the full suite: stellarium-data (photos), docker-compose (needs root)
+	@if dpkg -s stellarium-data docker-compose >/dev/null 2>&1; then echo "system packages present"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stellarium-data docker-compose; fi
 
 run: install-run ## Run Redis (embedded unless REDIS_URL), a worker and the API on :8000
 	$(VENV)/bin/skyserve-local
