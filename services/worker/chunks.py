@@ -22,7 +22,7 @@ from services.worker.answers import Prepared, answer, load_models, prepare
 from services.worker.runtime import WorkerRuntime
 from services.worker.sessions import LoadedModel
 from shared.errors import InvalidRequest, SkyserveError
-from shared.resolver import get_resolver
+from shared.resolver import Resolver, get_resolver
 from shared.schemas import Batch, BatchRow, BatchRowResult, Problem, TaskResult
 from shared.targets import resolve_target
 
@@ -90,7 +90,11 @@ class _Fetched:
 
 
 def _fetch(
-    runtime: WorkerRuntime, batch_id: str, row: BatchRow, models: Mapping[str, LoadedModel]
+    runtime: WorkerRuntime,
+    batch_id: str,
+    row: BatchRow,
+    models: Mapping[str, LoadedModel],
+    resolver: Resolver,
 ) -> _Fetched:
     """Get one row's bytes and preprocess them; a row's failure is returned, not raised."""
     resolved: dict[str, Any] | None = None
@@ -105,7 +109,7 @@ def _fetch(
                 raise InvalidRequest(f"The batch's zip holds no image named {name!r}.")
             data = found
         elif kind == "target":
-            target = resolve_target(row.input, get_resolver())
+            target = resolve_target(row.input, resolver)
             resolved = target.resolved
             data = runtime.images.cutout(target)
         else:
@@ -152,10 +156,15 @@ def answer_rows(runtime: WorkerRuntime, batch: Batch, rows: list[BatchRow]) -> l
     fetched: dict[int, _Fetched] = {}
     todo = [row for row in rows if row.error is None]
     if todo:
+        # One resolver for the pool: get_resolver() is not locked, and each instance would
+        # build its own indexes on first use.
+        resolver = get_resolver()
         threads = min(settings.fetch_threads, len(todo))
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"fetch-{batch.id[:8]}")
         try:
-            futures = [(row, pool.submit(_fetch, runtime, batch.id, row, models)) for row in todo]
+            futures = [
+                (row, pool.submit(_fetch, runtime, batch.id, row, models, resolver)) for row in todo
+            ]
             for row, future in futures:
                 fetched[row.row] = future.result()
         finally:
