@@ -47,6 +47,8 @@ models: install-test ## Rebuild the committed default models (see models/README.
 
 bench: install-test ## Run the benchmarks (figures printed, baselines in the same run)
 	$(PY) bench/inference.py
+	$(PY) bench/batch_throughput.py
+	$(PY) bench/api_memory.py
 
 lint: install-test ## Static checks
 	$(PIP) install --quiet ruff mypy

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from shared.registry import Calibration
 
@@ -94,8 +94,10 @@ class Progress(BaseModel):
     done: int = 0
     failed: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def pending(self) -> int:
+        """Units neither done nor failed yet."""
         return max(self.total - self.done - self.failed, 0)
 
 

@@ -14,11 +14,32 @@ from shared.errors import InvalidRequest
 from shared.resolver import Resolver, field_of_view_arcmin
 from shared.schemas import TargetInput
 
-__all__ = ["resolve_target", "TARGET_KEYS"]
+__all__ = ["resolve_target", "row_locator", "LOCATOR_COLUMNS", "TARGET_KEYS"]
 
 TARGET_KEYS = ("pgc", "name", "target", "ra", "dec", "fov_arcmin")
+#: Columns that say what a catalog row looks at; a batch needs one of them.
+LOCATOR_COLUMNS = ("image_url", "url", "file", "pgc", "name", "target", "ra")
 #: Radius of the cone search that names the object at a requested position.
 _MATCH_ARCMIN = 1.0
+
+
+def row_locator(values: Mapping[str, str]) -> str | None:
+    """What a catalog row names: ``url``, ``file``, ``pgc``, ``name``, ``coordinates`` or None.
+
+    The precedence (an image URL, then a zip file, then a catalog id or name, then a
+    position) is the one the API checks rows with and the worker runs them with.
+    """
+    if values.get("image_url") or values.get("url"):
+        return "url"
+    if values.get("file"):
+        return "file"
+    if values.get("pgc"):
+        return "pgc"
+    if values.get("name") or values.get("target"):
+        return "name"
+    if values.get("ra") and values.get("dec"):
+        return "coordinates"
+    return None
 
 
 def _fov(value: Any) -> float | None:

@@ -18,11 +18,10 @@ from typing import IO, Any
 from shared.batchstore import BatchStore
 from shared.errors import ImageTooLarge, InvalidRequest, SkyserveError
 from shared.schemas import BatchRow, Problem
+from shared.targets import LOCATOR_COLUMNS, row_locator
 
-__all__ = ["LOCATORS", "csv_rows", "json_rows", "zip_rows", "row_locator", "ingest", "parse_json_body"]
+__all__ = ["csv_rows", "json_rows", "zip_rows", "ingest", "parse_json_body"]
 
-#: Columns that say what a row looks at; one of them must be in the header.
-LOCATORS = ("image_url", "url", "file", "pgc", "name", "target", "ra")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp", ".bmp", ".fits", ".fit"}
 _EXTRA = "\0extra"
 
@@ -33,21 +32,6 @@ class _RowError(SkyserveError):
 
 def _problem(detail: str) -> Problem:
     return Problem.model_validate(_RowError(detail).to_problem())
-
-
-def row_locator(values: dict[str, str]) -> str | None:
-    """Which kind of target a row names, or None when it names none."""
-    if values.get("image_url") or values.get("url"):
-        return "url"
-    if values.get("file"):
-        return "file"
-    if values.get("pgc"):
-        return "pgc"
-    if values.get("name") or values.get("target"):
-        return "name"
-    if values.get("ra") and values.get("dec"):
-        return "coordinates"
-    return None
 
 
 def csv_rows(stream: IO[bytes]) -> tuple[list[str], Iterator[tuple[dict[str, str], str | None]]]:
@@ -182,7 +166,7 @@ def ingest(
     InvalidRequest
         If the header names no target column, there are no rows, or too many.
     """
-    if not any(c in columns for c in LOCATORS):
+    if not any(c in columns for c in LOCATOR_COLUMNS):
         raise InvalidRequest(
             "The catalog has no column that says what to look at. Add one of: "
             "image_url, file, pgc, name, or ra and dec.",

@@ -24,31 +24,14 @@ from services.worker.sessions import LoadedModel
 from shared.errors import InvalidRequest, SkyserveError
 from shared.resolver import Resolver, get_resolver
 from shared.schemas import Batch, BatchRow, BatchRowResult, Problem, TaskResult
-from shared.targets import resolve_target
+from shared.targets import resolve_target, row_locator
 
-__all__ = ["answer_rows", "count_attempt", "failed_rows", "row_locator"]
+__all__ = ["answer_rows", "count_attempt", "failed_rows"]
 
 logger = logging.getLogger(__name__)
 
 # Redis errors are the chunk's problem (it is retried whole), never one row's.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
-
-
-def row_locator(values: Mapping[str, str]) -> str | None:
-    """Which kind of source a row names: ``url``, ``file``, ``target``, or None.
-
-    The same precedence as the API's ingest (``services.api.batch_ingest``): an image
-    URL, then a zip file, then a catalog id or name, then a position.
-    """
-    if values.get("image_url") or values.get("url"):
-        return "url"
-    if values.get("file"):
-        return "file"
-    if values.get("pgc") or values.get("name") or values.get("target"):
-        return "target"
-    if values.get("ra") and values.get("dec"):
-        return "target"
-    return None
 
 
 def _problem(error: SkyserveError) -> Problem:
@@ -108,7 +91,7 @@ def _fetch(
             if found is None:
                 raise InvalidRequest(f"The batch's zip holds no image named {name!r}.")
             data = found
-        elif kind == "target":
+        elif kind is not None:  # a catalog id, a name or a position
             target = resolve_target(row.input, resolver)
             resolved = target.resolved
             data = runtime.images.cutout(target)

@@ -75,14 +75,22 @@ def run_members(
 
 
 def _dropout_masks(images: np.ndarray, model: LoadedModel, member: int, rows: int) -> np.ndarray:
-    """Scaled Bernoulli keep-masks, reproducible for the same images, version and member."""
+    """Scaled Bernoulli keep-masks, one generator per image.
+
+    Each image's masks are seeded by its own pixels, the version and the member, so an
+    image gets the same answer alone or inside any batch.
+    """
     mc = model.manifest.output.mc_dropout
     assert mc is not None
-    digest = hashlib.blake2b(images.tobytes(), digest_size=8).digest()
-    seed = [int.from_bytes(digest, "little"), model.version, member]
-    rng = np.random.default_rng(seed)
+    n_images = images.shape[0]
+    copies = rows // n_images  # samples x transforms, stacked image-fastest
     keep = 1.0 - mc.rate
-    return (rng.random((rows, mc.units), dtype=np.float32) < keep).astype(np.float32) / keep
+    masks = np.empty((copies, n_images, mc.units), dtype=np.float32)
+    for i in range(n_images):
+        digest = hashlib.blake2b(images[i].tobytes(), digest_size=8).digest()
+        rng = np.random.default_rng([int.from_bytes(digest, "little"), model.version, member])
+        masks[:, i] = rng.random((copies, mc.units), dtype=np.float32) < keep
+    return masks.reshape(rows, mc.units) / keep
 
 
 def predict(

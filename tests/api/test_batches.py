@@ -34,7 +34,7 @@ def test_csv_body_is_chunked_and_every_chunk_queued(client: TestClient, settings
     assert resp.status_code == 202, resp.text
     batch = resp.json()
     assert resp.headers["location"] == f"/v1/batches/{batch['id']}"
-    assert batch["progress"] == {"total": 300, "done": 0, "failed": 0}
+    assert batch["progress"] == {"total": 300, "done": 0, "failed": 0, "pending": 300}
     assert batch["columns"] == ["id", "pgc", "note"]
     expected_chunks = -(-300 // settings.batch_chunk_rows)
     assert batch["chunks"] == expected_chunks and _queued(settings) == expected_chunks

@@ -84,8 +84,10 @@ def test_samples_vary_reproducibly_and_average_to_the_deterministic_output(regis
     np.testing.assert_array_equal(raw, run_members(model, images, max_batch_size=64)["m0"])
     exact = images.mean(axis=(1, 2)) @ W @ V
     np.testing.assert_allclose(raw.mean(axis=0), exact, atol=0.15 * np.abs(exact).max() + 0.05)
-    other = run_members(model, images[::-1].copy(), max_batch_size=64)["m0"]
-    assert not np.array_equal(other[:, 0], raw[:, 0])  # different input, different masks
+    # An image's answer does not depend on the batch it came in.
+    alone = run_members(model, images[1:], max_batch_size=64)["m0"]
+    np.testing.assert_allclose(alone[:, 0], raw[:, 1], rtol=1e-6)
+    assert not np.array_equal(raw[:, 0], raw[:, 1])
 
 
 def test_a_member_whose_mask_input_does_not_match_the_manifest_is_refused(registry_root: Path) -> None:
