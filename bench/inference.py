@@ -1,0 +1,177 @@
+"""Single-image serving speed: raw ONNX Runtime in one process vs. the whole system.
+
+Prints, in one run on this machine:
+
+1. the baseline — the default ensemble run in-process (preprocess + every member ×
+   every test-time transform + summary), batch 1 and batch 32, no queue, no HTTP;
+2. the system — the same images uploaded one job each through the API (uvicorn),
+   Redis and W Celery worker processes, C clients at once, timed end to end;
+3. optionally (``--keras``, needs the trainer extra) IncliNET's serving style:
+   ``model.predict`` per image per Keras model, for 15 untrained model4 copies.
+
+Usage: ``python bench/inference.py [--images 200] [--workers 2] [--clients 8] [--keras]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.local_stack import free_port, start_redis, start_worker, stop  # noqa: E402
+from services.worker.inference import predict  # noqa: E402
+from services.worker.sessions import SessionCache  # noqa: E402
+from services.worker.settings import WorkerSettings  # noqa: E402
+from shared.preprocessing import preprocess  # noqa: E402
+from shared.registry import RegistryReader  # noqa: E402
+from shared.settings import REPO_ROOT  # noqa: E402
+from shared.taskdefs import get_task_definition  # noqa: E402
+
+TASK = "inclination"
+
+
+def sample_pngs(n: int) -> list[bytes]:
+    """Synthetic galaxies when GalSim is installed, else noisy ellipses."""
+    try:
+        from services.trainer.synthetic import render_galaxy_png
+
+        return [render_galaxy_png(45 + 45 * (i % 10) / 10, seed=i) for i in range(n)]
+    except ImportError:
+        from tests.helpers.images import png_bytes
+
+        return [png_bytes(128, axis_ratio=0.3 + 0.6 * (i % 10) / 10, seed=i) for i in range(n)]
+
+
+def baseline(pngs: list[bytes], models: Path) -> dict[str, float]:
+    settings = WorkerSettings(models_dir=models, intra_op_threads=0)
+    cache = SessionCache(
+        RegistryReader(models), providers=settings.available_providers(), intra_op_threads=0
+    )
+    model = cache.get(TASK)
+    task = get_task_definition(TASK)
+    spec = model.manifest.input
+    out: dict[str, float] = {}
+    predict(task, model, preprocess(pngs[0], spec)[None], max_batch_size=64)  # warm up
+    start = time.perf_counter()
+    for data in pngs:
+        predict(task, model, preprocess(data, spec)[None], max_batch_size=64)
+    out["in-process, batch 1"] = len(pngs) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(0, len(pngs), 32):
+        batch = np.stack([preprocess(d, spec) for d in pngs[i : i + 32]])
+        predict(task, model, batch, max_batch_size=64)
+    out["in-process, batch 32"] = len(pngs) / (time.perf_counter() - start)
+    member = model.members[0]
+    x = np.stack([preprocess(d, spec) for d in pngs[:32]])
+    start = time.perf_counter()
+    for row in x:
+        member.session.run([member.output_name], {member.input_name: row[None]})
+    out["model only: one member, no TTA, batch 1"] = len(x) / (time.perf_counter() - start)
+    return out
+
+
+def system(pngs: list[bytes], models: Path, workers: int, clients: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="skyserve-bench-"))
+    redis_url, redis_proc = start_redis(tmp / "redis", appendonly=True)
+    env = {
+        "SKYSERVE_REDIS_URL": redis_url,
+        "SKYSERVE_MODELS_DIR": str(models),
+        # One ONNX thread per worker process: the processes share the cores.
+        "SKYSERVE_INTRA_OP_THREADS": "1",
+    }
+    worker = start_worker(env, concurrency=workers, log_file=tmp / "worker.log")
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "services.api.app:create_app",
+         "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, **env}, cwd=REPO_ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for _ in range(300):
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise RuntimeError("the system did not become ready")
+
+            def one(data: bytes) -> float:
+                t0 = time.perf_counter()
+                job = client.post("/v1/jobs", files={"file": ("g.png", data, "image/png")},
+                                  data={"tasks": TASK}).json()
+                while job["status"] not in ("succeeded", "failed"):
+                    job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10}).json()
+                assert job["status"] == "succeeded", job
+                return time.perf_counter() - t0
+
+            one(pngs[0])  # warm up
+            start = time.perf_counter()
+            with cf.ThreadPoolExecutor(clients) as pool:
+                latencies = sorted(pool.map(one, pngs))
+            wall = time.perf_counter() - start
+    finally:
+        for proc in (api, worker, redis_proc):
+            stop(proc)
+    return {
+        f"system, {workers} worker processes, {clients} clients (images/s)": len(pngs) / wall,
+        "system latency p50 (ms)": 1000 * statistics.median(latencies),
+        "system latency p95 (ms)": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
+    }
+
+
+def keras_baseline(pngs: list[bytes], n_models: int = 15) -> dict[str, float]:
+    from services.trainer.architectures import build_model
+
+    task = get_task_definition(TASK)
+    keras_models = [build_model("model4", task, input_size=128) for _ in range(n_models)]
+    from shared.registry import InputSpec
+
+    spec = InputSpec(size=128)
+    start = time.perf_counter()
+    for data in pngs:
+        x = preprocess(data, spec)[None]
+        for m in keras_models:
+            m.predict(x, verbose=0)
+            m.predict(x[:, ::-1, ::-1], verbose=0)
+    return {f"IncliNET style: Keras predict, {n_models} model4 x 2 rotations (images/s)": len(pngs) / (time.perf_counter() - start)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--keras", action="store_true", help="also time IncliNET's Keras serving style")
+    args = parser.parse_args()
+    manifest = RegistryReader(args.models).manifest(TASK)
+    print(f"model: {TASK} v{manifest.version}, {len(manifest.members)} members, "
+          f"tta={manifest.tta}, input {manifest.input.size}px; {os.cpu_count()} cores")
+    pngs = sample_pngs(args.images)
+    figures = baseline(pngs, args.models)
+    figures.update(system(pngs, args.models, args.workers, args.clients))
+    if args.keras:
+        figures.update(keras_baseline(pngs[:10]))
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        unit = "" if "(" in name else " images/s"
+        print(f"  {name:<{width}}  {value:10.1f}{unit}")
+
+
+if __name__ == "__main__":
+    main()
