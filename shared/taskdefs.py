@@ -2,7 +2,9 @@
 
 A task is a JSON file in ``shared/taskdefs/`` validated into :class:`TaskDefinition`.
 Adding a task means adding a file and training a model for it; the API, the worker
-and the web page need no change.
+and the web page need no change. Tasks users define by training on their own
+catalog (``skyserve-train catalog``) live in the model registry instead, as
+``<models_dir>/<task>/task.json``; pass the registry root to see them too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -19,9 +22,13 @@ __all__ = [
     "VoteQuestion",
     "VoteTreeSchema",
     "TaskDefinition",
+    "TASK_FILE",
     "load_task_definitions",
+    "registry_task_definitions",
     "get_task_definition",
 ]
+
+TASK_FILE = "task.json"
 
 TaskKind = Literal["regression", "classification", "multilabel", "vote_tree"]
 NAME_PATTERN = r"^[a-z0-9-]+$"
@@ -103,8 +110,7 @@ class TaskDefinition(BaseModel):
 
 
 @lru_cache
-def load_task_definitions() -> dict[str, TaskDefinition]:
-    """Read every ``shared/taskdefs/*.json`` into a name → definition mapping."""
+def _builtin_definitions() -> dict[str, TaskDefinition]:
     folder = resources.files("shared") / "taskdefs"
     found: dict[str, TaskDefinition] = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -114,12 +120,43 @@ def load_task_definitions() -> dict[str, TaskDefinition]:
     return found
 
 
-def get_task_definition(name: str) -> TaskDefinition:
-    """Return the definition of ``name``.
+def registry_task_definitions(registry_root: Path) -> dict[str, TaskDefinition]:
+    """User-defined tasks: every ``<registry_root>/<task>/task.json`` whose name matches its folder.
+
+    Files that do not validate are skipped (a half-written definition never breaks
+    the built-in tasks); read fresh on every call, so newly published tasks appear.
+    """
+    root = Path(registry_root)
+    found: dict[str, TaskDefinition] = {}
+    if not root.is_dir():
+        return found
+    for path in sorted(root.glob(f"*/{TASK_FILE}")):
+        try:
+            task = TaskDefinition.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if task.name == path.parent.name:
+            found[task.name] = task
+    return found
+
+
+def load_task_definitions(registry_root: Path | None = None) -> dict[str, TaskDefinition]:
+    """Name → definition: ``shared/taskdefs/*.json``, plus the registry's user tasks.
+
+    Built-in definitions win over a registry ``task.json`` of the same name.
+    """
+    builtin = _builtin_definitions()
+    if registry_root is None:
+        return builtin
+    return {**registry_task_definitions(registry_root), **builtin}
+
+
+def get_task_definition(name: str, registry_root: Path | None = None) -> TaskDefinition:
+    """Return the definition of ``name`` (looking in the registry too when given).
 
     Raises
     ------
     KeyError
         If no such task is defined.
     """
-    return load_task_definitions()[name]
+    return load_task_definitions(registry_root)[name]

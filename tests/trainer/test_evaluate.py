@@ -1,0 +1,33 @@
+"""The bias correction is IncliNET's, fitted and inverted the way shared.ensemble serves it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.trainer.evaluate import fit_bias, regression_metrics
+
+
+def test_fit_bias_recovers_a_known_linear_pull() -> None:
+    truth = np.linspace(45.0, 90.0, 200)
+    m, b = 0.1, -6.0
+    predicted = truth - (m * truth + b)  # i_m - i_p = m i_m + b
+    calibration = fit_bias(truth, predicted)
+    assert calibration.bias_m == pytest.approx(m, abs=1e-9)
+    assert calibration.bias_b == pytest.approx(b, abs=1e-7)
+    served = (predicted + calibration.bias_b) / (1.0 - calibration.bias_m)
+    assert np.allclose(served, truth)
+
+
+def test_fit_bias_refuses_to_blow_up_a_model_that_ignores_its_input() -> None:
+    truth = np.linspace(45.0, 90.0, 50)
+    calibration = fit_bias(truth, np.full_like(truth, 60.0))
+    assert calibration.bias_m == 0.0
+    assert calibration.bias_b == pytest.approx(float(np.mean(truth - 60.0)))
+
+
+def test_regression_metrics() -> None:
+    out = regression_metrics(np.array([50.0, 60.0]), np.array([53.0, 56.0]))
+    assert out["rms_deg"] == pytest.approx(np.sqrt(12.5))
+    assert out["mae_deg"] == pytest.approx(3.5)
+    assert out["within_5deg"] == 1.0
