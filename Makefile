@@ -42,8 +42,11 @@ test: install-test ## Run the full test suite (real Redis, real workers, real tr
 test-fast: install-test ## Run the suite without the slow tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-models: install-test ## Rebuild the committed default models (see models/README.md)
+models: install-test ## Rebuild the committed default models (see docs/training.md)
 	$(VENV)/bin/skyserve-train inclination --models-dir models
+	$(VENV)/bin/skyserve-train morphology --models-dir models
+	$(VENV)/bin/skyserve-train object-type --models-dir models
+	$(VENV)/bin/skyserve-train rejection --models-dir models
 
 bench: install-test ## Run the benchmarks (figures printed, baselines in the same run)
 	$(PY) bench/inference.py

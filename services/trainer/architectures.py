@@ -4,8 +4,9 @@ An architecture is a body written as a short layer string (IncliNET's own notati
 ``C16`` a 3×3 'valid' ReLU convolution with 16 filters, ``S16`` the same with stride
 2, ``MP2`` 2×2 max-pooling, ``AP2`` 2×2 average pooling,
 ``BN`` batch normalisation, ``D256`` a ReLU dense layer, ``GAP`` global average
-pooling) plus a head chosen by the task's kind. Only the regression head exists
-here; classification, multilabel and vote-tree heads slot into :data:`HEADS`.
+pooling) plus a head chosen by the task's kind. :func:`build_model` gives the
+regression head (:data:`HEADS`); the heads, losses and MC-dropout export models of
+every kind are built by :func:`services.trainer.heads.build_member_models`.
 
 The compact default adds a shape branch (:class:`SkyNormalise`,
 :class:`IsophoteMoments`): inclination lives in the ellipticity of the outer
@@ -88,6 +89,16 @@ ARCHITECTURES: dict[str, Architecture] = {
             "(noise, stars, bulge); ~5 MFLOP.",
         ),
         Architecture(
+            "lean",
+            "S16-BN-C32-MP2-C48-BN-MP2-C64-BN-MP2-D128-D32",
+            64,
+            dropout=0.1,
+            dropout_after_pool=False,
+            moment_masks=12,
+            description="rejection/morphology/object-type default at 64 px: isophote "
+            "moments + a small strided CNN with three blocks (the object-type backbone).",
+        ),
+        Architecture(
             "tiny",
             "C8-MP2-C16-BN-MP2-D16",
             32,
@@ -120,8 +131,9 @@ def _regression_head(features: keras.KerasTensor, task: TaskDefinition) -> keras
     return layers.Dense(1, activation="tanh", name="output")(features)
 
 
-# Task kind -> head builder. Classification (softmax), multilabel (sigmoid) and
-# vote-tree (Dirichlet concentrations) heads are added here when those tasks are trained.
+# Task kind -> head builder for build_model. Classification (softmax), multilabel
+# (sigmoid) and vote-tree (Dirichlet) heads, with their losses and MC-dropout export
+# models, are built by services.trainer.heads.build_member_models.
 HEADS: dict[str, Callable[[keras.KerasTensor, TaskDefinition], keras.KerasTensor]] = {
     "regression": _regression_head,
 }
@@ -316,7 +328,8 @@ def build_model(
     arch = get_architecture(architecture)
     if task.kind not in HEADS:
         raise ValueError(
-            f"No {task.kind} head is implemented yet; heads exist for {', '.join(HEADS)}."
+            f"build_model has no {task.kind} head (it has {', '.join(HEADS)}); build "
+            "the other kinds with services.trainer.heads.build_member_models."
         )
     size = input_size or arch.input_size
     inputs = keras.Input((size, size, channels), name="image")

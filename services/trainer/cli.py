@@ -2,8 +2,9 @@
 
 ``skyserve-train inclination`` with its defaults rebuilds the committed default
 model (``models/inclination/1``); ``--tiny`` runs the whole pipeline in seconds on a
-few hundred small images, for smoke tests. Heavy libraries load inside commands, so
-``--help`` is instant.
+few hundred small images, for smoke tests. ``rejection``, ``morphology``,
+``object-type`` and ``catalog`` come from :mod:`services.trainer.cli_tasks`. Heavy
+libraries load inside commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from services.trainer.cli_tasks import register as register_task_commands
 
 __all__ = ["app"]
 
@@ -125,3 +128,7 @@ def architectures() -> None:
     for arch in ARCHITECTURES.values():
         table.add_row(arch.name, f"{arch.input_size} px", arch.layers, arch.description)
     console.print(table)
+
+
+# rejection, morphology, object-type and catalog (services/trainer/cli_tasks.py).
+register_task_commands(app)

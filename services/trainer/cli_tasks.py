@@ -40,7 +40,8 @@ Tiny = Annotated[bool, typer.Option("--tiny", help="A seconds-long smoke run: ti
                                     "32 px, a few dozen images, 2 steps per epoch.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
 BackboneCache = Annotated[Path | None, typer.Option(help="Folder of pretrained bodies "
-                                                    "(default .cache/backbones).")]
+                                                    "(default SKYSERVE_TRAINER_BACKBONE_DIR, "
+                                                    ".cache/backbones).")]
 
 
 def _setup(verbose: bool) -> Any:
@@ -102,7 +103,8 @@ def _run_recipe(task: str, values: dict[str, Any], *, tiny: bool, seed: int,
             recipe, models_dir=models_dir or settings.models_dir, seed=seed,
             threads=threads or settings.trainer_threads,
             workers=workers or (1 if tiny else settings.trainer_render_workers),
-            command=command, backbone_cache=backbone_cache, imagenet_weights=imagenet_weights,
+            command=command, backbone_cache=backbone_cache or settings.trainer_backbone_dir,
+            imagenet_weights=imagenet_weights,
             say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -1,7 +1,8 @@
 """Held-out evaluation of exported members, computed the way the worker serves them.
 
-Raw outputs come from ONNX Runtime sessions over each test-time transform of the
-manifest; :func:`shared.ensemble.regression_members` and
+:func:`evaluate_task` evaluates any task kind and writes its plots; the metric
+definitions are in :mod:`services.trainer.scoring`. For regression, raw outputs
+come from ONNX Runtime sessions over each test-time transform of the manifest; :func:`shared.ensemble.regression_members` and
 :func:`shared.ensemble.summarize` turn them into served values (TTA median, bias
 correction, clipping, ensemble median). The bias correction is fitted on the
 validation set, never on the test set, and the classical axis-ratio estimate
@@ -11,7 +12,7 @@ validation set, never on the test set, and the classical axis-ratio estimate
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +23,11 @@ from shared.preprocessing import tta_transform
 from shared.registry import Calibration, Manifest
 from shared.taskdefs import TaskDefinition
 
+if TYPE_CHECKING:
+    from services.trainer.labelled import LabelledSet
+
 __all__ = [
+    "evaluate_task",
     "raw_outputs",
     "fit_bias",
     "served_values",
@@ -214,3 +219,101 @@ def write_plots(
     fig.savefig(folder / "residuals.png")
     plt.close(fig)
     return ["pred_vs_true.png", "residuals.png"]
+
+
+def _caption(ids: list[str], k: int, text: str) -> str:
+    return f"{ids[k][-26:]}\n{text}"
+
+
+def evaluate_task(task: TaskDefinition, manifest: Manifest, sessions: dict[str, Any],
+                  test: LabelledSet, folder: Path, *, failures: int = 12,
+                  val: LabelledSet | None = None,
+                  expected: np.ndarray | None = None) -> tuple[Manifest, dict[str, Any]]:
+    """Metrics and plots of the served answers on ``test``; plots go into ``folder``.
+
+    Regression fits the bias correction on ``val`` first (never on ``test``) and
+    returns the manifest with its calibration.
+    """
+    from services.trainer import plots, scoring
+
+    raw = scoring.raw_outputs(sessions, manifest, test.x)
+    names: list[str] = []
+    y = np.asarray(test.y)
+    if task.kind == "regression":
+        if val is None:
+            raise ValueError("A regression release needs a validation set for the bias fit.")
+        manifest, metrics, curves = evaluate_regression(
+            task, manifest, sessions, val_x=val.x, val_y=np.asarray(val.y, np.float64),
+            test_x=test.x, test_y=y.astype(np.float64))
+        names += write_plots(folder, curves, manifest.calibration, task)  # type: ignore[arg-type]
+        err = np.abs(curves["pred"] - curves["truth"])
+        worst = np.argsort(-err)[:failures]
+        names.append(plots.failures_plot(folder, test.x[worst], [
+            _caption(test.ids, k, f"true {curves['truth'][k]:.1f} pred {curves['pred'][k]:.1f}")
+            for k in worst], title="Largest errors (served, bias-corrected)"))
+        metrics["plots"] = names
+        return manifest, metrics
+    probs = scoring.served_probabilities(task, manifest, raw)
+    labels = task.output_names
+    if task.kind == "classification":
+        metrics = scoring.classification_metrics(task, y, probs)
+        names.append(plots.confusion_plot(folder, metrics["confusion"], labels,
+                                          title=f"{task.name}: confusion (n={len(y)})"))
+        names.append(plots.reliability_plot(folder, {"top-1 probability": metrics["reliability"]},
+                                            title=f"{task.name}: reliability of the top class"))
+        pred = probs.argmax(axis=1)
+        wrong = np.flatnonzero(pred != y)
+        worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:failures]
+        caption = [_caption(test.ids, k, f"true {labels[y[k]]}\npred {labels[pred[k]]} "
+                            f"{probs[k, pred[k]]:.2f}") for k in worst]
+    elif task.kind == "multilabel":
+        metrics = scoring.multilabel_metrics(task, y, probs)
+        head = metrics["labels"][labels[0]]
+        names.append(plots.confusion_plot(
+            folder, [[head["tn"], head["fp"]], [head["fn"], head["tp"]]],
+            [f"not {labels[0]}", labels[0]], title=f"{task.name}: {labels[0]} (p >= 0.5)"))
+        names.append(plots.label_bars_plot(folder, metrics["labels"]))
+        names.append(plots.reliability_plot(
+            folder, {lab: scoring.reliability(probs[:, k], y[:, k]) for k, lab in
+                     enumerate(labels)}, title=f"{task.name}: reliability per label"))
+        err = np.abs(probs[:, 0] - y[:, 0])
+        worst = np.argsort(-err)[:failures]
+        caption = [_caption(test.ids, k, f"{labels[0]} true {int(y[k, 0])} p {probs[k, 0]:.2f}\n"
+                            + ",".join(lab for j, lab in enumerate(labels[1:], 1) if y[k, j]))
+                   for k in worst]
+    elif task.kind == "vote_tree":
+        assert task.vote_tree is not None
+        metrics = scoring.vote_tree_metrics(task, manifest, raw, y, probs, expected)
+        confident = scoring.confident_questions(task, y)
+        spans = scoring.question_spans(task)
+        counts = y.astype(np.float64)
+        observed = np.concatenate([counts[:, a:b] / np.maximum(counts[:, a:b].sum(1, keepdims=True),
+                                                               1.0) for a, b in spans], axis=1)
+        questions = [(q.name, q.answers, a) for q, (a, _) in zip(task.vote_tree.questions, spans)]
+        names.append(plots.vote_fraction_plot(folder, questions, probs, observed, confident))
+        asked = np.concatenate([np.repeat(counts[:, a:b].sum(1, keepdims=True) > 0, b - a, 1)
+                                for a, b in spans], axis=1)
+        metrics["reliability"] = scoring.reliability(probs[asked], observed[asked])
+        names.append(plots.reliability_plot(
+            folder, {"asked answers": metrics["reliability"]},
+            title="Predicted vs observed vote fraction (binned)"))
+        root = task.vote_tree.questions[0]
+        a, b = spans[0]
+        sure = confident[:, 0]
+        root_confusion = np.zeros((b - a, b - a), np.int64)
+        np.add.at(root_confusion, (observed[sure, a:b].argmax(1), probs[sure, a:b].argmax(1)), 1)
+        metrics["root_confusion_labels"] = root.answers
+        metrics["root_confusion"] = root_confusion.tolist()
+        names.append(plots.confusion_plot(folder, root_confusion.tolist(), root.answers,
+                                          title=f"{root.name}: majority answer (confident)"))
+        per_image = np.array([np.abs(probs[i] - observed[i])[
+            np.repeat(confident[i], [b - a for a, b in spans])].mean()
+            if confident[i].any() else 0.0 for i in range(len(y))])
+        worst = np.argsort(-per_image)[:failures]
+        caption = [_caption(test.ids, k, f"MAE {per_image[k]:.2f} {root.answers[0][:6]} "
+                            f"obs {observed[k, 0]:.2f} pred {probs[k, 0]:.2f}") for k in worst]
+    else:  # pragma: no cover - the task kinds are closed
+        raise ValueError(f"Unknown task kind {task.kind!r}.")
+    names.append(plots.failures_plot(folder, test.x[worst], caption))
+    metrics["plots"] = names
+    return manifest, metrics

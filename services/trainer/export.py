@@ -1,9 +1,12 @@
 """Keras → ONNX export with tf2onnx, and the parity check that guards it.
 
 The exported graph takes one float32 NHWC input named ``image`` (the manifest's
-``InputSpec.input_name``) and returns the raw head output (tanh for regression);
-the worker applies the manifest's ``OutputSpec`` activation. A model is published
-only if ONNX Runtime reproduces Keras on held-out images within a tolerance.
+``InputSpec.input_name``) and returns the head output the manifest's ``OutputSpec``
+describes (tanh for regression, probabilities, Dirichlet logits); the worker
+applies the ``OutputSpec`` activation. MC-dropout members take a second input,
+``mc_mask`` ``(N, units)`` (:class:`shared.registry.McDropout`). A model is
+published only if ONNX Runtime reproduces Keras on held-out images within a
+tolerance — for MC-dropout members with an all-ones mask and with a random mask.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.registry import McDropout
+
 __all__ = [
     "ParityError",
     "DEFAULT_TOLERANCE",
@@ -20,6 +25,7 @@ __all__ = [
     "onnx_session",
     "onnx_predict",
     "keras_predict",
+    "parity_masks",
     "check_parity",
 ]
 
@@ -31,17 +37,22 @@ class ParityError(RuntimeError):
     """ONNX Runtime and Keras disagree on the same inputs beyond the tolerance."""
 
 
-def export_onnx(model: Any, path: Path, *, input_name: str = "image", opset: int = OPSET) -> Path:
+def export_onnx(model: Any, path: Path, *, input_name: str = "image", opset: int = OPSET,
+                mc: McDropout | None = None) -> Path:
     """Export a Keras model to ``path`` as ONNX with a dynamic batch dimension.
 
     Inference mode only: a graph traced with ``training=True`` does not export
-    (dropout's stateless random op), so MC dropout would live outside the graph.
+    (dropout's stateless random op), so MC dropout lives outside the graph: with
+    ``mc`` the model takes ``[image, mask]`` and the ONNX graph gets a second input
+    ``mc.mask_input`` of shape ``(N, mc.units)``.
     """
     import tensorflow as tf
     import tf2onnx
 
-    _, size, _, channels = model.input_shape
+    _, size, _, channels = model.inputs[0].shape
     signature = [tf.TensorSpec((None, size, size, channels), tf.float32, name=input_name)]
+    if mc is not None:
+        signature.append(tf.TensorSpec((None, mc.units), tf.float32, name=mc.mask_input))
     path = Path(path)
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset,
                                output_path=str(path))
@@ -59,23 +70,36 @@ def onnx_session(path: Path, *, threads: int = 2) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_predict(session: Any, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Run a session over ``x`` in batches; returns the first output, float32."""
+def onnx_predict(session: Any, x: np.ndarray, *, batch_size: int = 256,
+                 mask: np.ndarray | None = None, mask_input: str = "mc_mask") -> np.ndarray:
+    """Run a session over ``x`` (and its MC-dropout ``mask``) in batches; first output, float32."""
     name = session.get_inputs()[0].name
-    outputs = [
-        session.run(None, {name: np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)})[0]
-        for i in range(0, len(x), batch_size)
-    ]
+    outputs = []
+    for i in range(0, len(x), batch_size):
+        feeds = {name: np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)}
+        if mask is not None:
+            feeds[mask_input] = np.ascontiguousarray(mask[i : i + batch_size], dtype=np.float32)
+        outputs.append(session.run(None, feeds)[0])
     return np.concatenate(outputs).astype(np.float32)
 
 
-def keras_predict(model: Any, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+def keras_predict(model: Any, x: np.ndarray, *, batch_size: int = 256,
+                  mask: np.ndarray | None = None) -> np.ndarray:
     """Inference-mode Keras outputs (``model(x, training=False)``, faster than ``predict``)."""
     outputs = [
-        np.asarray(model(x[i : i + batch_size], training=False))
+        np.asarray(model(x[i : i + batch_size] if mask is None else
+                         [x[i : i + batch_size], mask[i : i + batch_size]], training=False))
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(outputs).astype(np.float32)
+
+
+def parity_masks(mc: McDropout, rows: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """The masks a parity check tries: all ones, and scaled Bernoulli as the worker draws."""
+    keep = 1.0 - mc.rate
+    rng = np.random.default_rng(seed)
+    return {"ones": np.ones((rows, mc.units), np.float32),
+            "random": (rng.random((rows, mc.units)) < keep).astype(np.float32) / keep}
 
 
 def check_parity(
@@ -85,24 +109,36 @@ def check_parity(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     threads: int = 2,
+    mc: McDropout | None = None,
 ) -> float:
     """Compare Keras and ONNX Runtime on ``x``; return the max absolute difference.
+
+    With ``mc`` (a model taking ``[image, mask]``) both are compared with an all-ones
+    mask and with a random mask (:func:`parity_masks`).
 
     Raises
     ------
     ParityError
         If the outputs' shapes differ or any element differs by more than ``tolerance``.
     """
-    expected = keras_predict(model, x)
-    got = onnx_predict(onnx_session(onnx_path, threads=threads), x)
-    if expected.shape != got.shape:
-        raise ParityError(
-            f"{Path(onnx_path).name}: ONNX output shape {got.shape} != Keras {expected.shape}."
-        )
-    diff = float(np.max(np.abs(expected - got))) if expected.size else 0.0
-    if not np.isfinite(diff) or diff > tolerance:
-        raise ParityError(
-            f"{Path(onnx_path).name}: ONNX Runtime differs from Keras by up to {diff:.3g} "
-            f"on {len(x)} held-out images (tolerance {tolerance:g}); not publishing."
-        )
-    return diff
+    session = onnx_session(onnx_path, threads=threads)
+    masks: dict[str, np.ndarray | None] = (
+        {"": None} if mc is None else dict(parity_masks(mc, len(x))))
+    worst = 0.0
+    for label, mask in masks.items():
+        expected = keras_predict(model, x, mask=mask)
+        got = onnx_predict(session, x, mask=mask, mask_input=mc.mask_input if mc else "")
+        where = f" (MC mask {label})" if label else ""
+        if expected.shape != got.shape:
+            raise ParityError(
+                f"{Path(onnx_path).name}: ONNX output shape {got.shape} != Keras "
+                f"{expected.shape}{where}."
+            )
+        diff = float(np.max(np.abs(expected - got))) if expected.size else 0.0
+        if not np.isfinite(diff) or diff > tolerance:
+            raise ParityError(
+                f"{Path(onnx_path).name}: ONNX Runtime differs from Keras by up to {diff:.3g} "
+                f"on {len(x)} held-out images (tolerance {tolerance:g}){where}; not publishing."
+            )
+        worst = max(worst, diff)
+    return worst

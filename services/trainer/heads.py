@@ -254,17 +254,9 @@ class MemberModels:
 
 
 def _features(inputs: Any, arch: Any, *, final_dropout: bool) -> Any:
-    from keras import layers
+    from services.trainer.architectures import build_body
 
-    from services.trainer import architectures
-
-    if hasattr(architectures, "build_body"):
-        return architectures.build_body(inputs, arch, final_dropout=final_dropout)
-    x = architectures._body(inputs, arch)
-    operation = x._keras_history.operation
-    if not final_dropout and isinstance(operation, layers.Dropout):
-        x = operation.input  # the features before the body's last dropout
-    return x
+    return build_body(inputs, arch, final_dropout=final_dropout)
 
 
 def build_member_models(

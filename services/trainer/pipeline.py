@@ -1,8 +1,13 @@
-"""The whole trainer run for a regression task: data → ensemble → ONNX → evaluation → registry.
+"""The whole trainer run for a task: data → ensemble → ONNX → evaluation → registry.
 
 The command line calls :func:`run`; tests call it with tiny numbers. Nothing is
 published unless every member exports, passes the parity check and the evaluation
 completes; a failed run leaves no version behind (its staging folder is removed).
+
+Inclination (synthetic GalSim disks, bias correction, axis-ratio baseline) runs
+here; every other task — rejection, morphology, object type — runs its recipe
+(:mod:`services.trainer.recipes`) through the kind-generic
+:func:`services.trainer.release.release`, which a user's catalog uses too.
 """
 
 from __future__ import annotations
@@ -103,8 +108,8 @@ def run(options: PipelineOptions, *, say: Callable[[str], None] = log.info) -> P
         If an exported member does not reproduce Keras; nothing is published.
     """
     task = get_task_definition(options.task)
-    if task.kind != "regression":
-        raise ValueError(f"Task {task.name!r} is a {task.kind} task; only regression trains yet.")
+    if task.name != "inclination":
+        return _run_recipe(options, say=say)
     assert task.range is not None
     arch = get_architecture(options.architecture)
     spec = InputSpec(size=options.input_size or arch.input_size, channels=3, scaling="unit")
@@ -236,6 +241,22 @@ def run(options: PipelineOptions, *, say: Callable[[str], None] = log.info) -> P
     version_dir = Path(options.models_dir) / task.name / str(published.version)
     say(f"published {task.name} v{published.version} at {version_dir}")
     return PipelineResult(published, version_dir, metrics, timings)
+
+
+def _run_recipe(options: PipelineOptions, *, say: Callable[[str], None]) -> PipelineResult:
+    """Any other task: its recipe with these options' sizes and hyper-parameters."""
+    from services.trainer.recipes import recipe_for, run_recipe
+
+    recipe = recipe_for(
+        options.task, architecture=options.architecture, input_size=options.input_size,
+        members=options.members, n_train=options.n_train, n_val=options.n_val,
+        n_test=options.n_test, epochs=options.epochs, batch_size=options.batch_size,
+        learning_rate=options.learning_rate, patience=options.patience,
+        steps_per_epoch=options.steps_per_epoch, tta=tuple(options.tta))
+    result = run_recipe(recipe, models_dir=Path(options.models_dir), seed=options.seed,
+                        threads=options.threads, workers=options.render_workers,
+                        command=options.command, say=say)
+    return PipelineResult(result.manifest, result.version_dir, result.metrics, result.timings)
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from services.trainer.architectures import ARCHITECTURES, Architecture, get_architecture
+from services.trainer.architectures import get_architecture
 from services.trainer.fitting import FineTune, FitConfig
 from services.trainer.labelled import LabelledSet
 from shared.registry import InputSpec
@@ -31,22 +31,6 @@ __all__ = ["Recipe", "RECIPES", "TINY", "recipe_for", "build_data", "run_recipe"
            "rebuild_backbone"]
 
 log = logging.getLogger(__name__)
-
-
-# The body of the rejection and morphology defaults (and so of the object-type backbone):
-# sky subtraction and inversion undone, second moments of 12 learned isophotes (shape at
-# any position angle) beside a small strided CNN — the inclination default's design.
-LEAN = Architecture(
-    "lean",
-    "S16-BN-C32-MP2-C48-BN-MP2-C64-BN-MP2-D128-D32",
-    64,
-    dropout=0.1,
-    dropout_after_pool=False,
-    moment_masks=12,
-    description="skyserve default for rejection/morphology/object-type at 64 px: isophote "
-    "moments + a small strided CNN.",
-)
-ARCHITECTURES.setdefault(LEAN.name, LEAN)
 
 
 @dataclass(frozen=True)
@@ -61,7 +45,7 @@ class Recipe:
     n_test: int = 1000
     tta: tuple[str, ...] = ("identity", "rot180")
     volunteers: int = 40  # morphology: simulated volunteers per galaxy
-    copies: int = 6  # object-type: augmented colour+grey pairs per training photo
+    copies: int = 3  # object-type: augmented colour+grey pairs per training photo
     backbone: str | None = None  # fine-tune from this task's saved body
     save_backbone: bool = False  # save member 0's body for transfer learning
     data: dict[str, Any] = field(default_factory=dict)  # object-type: csv_path, photo_dir
@@ -76,16 +60,16 @@ RECIPES: dict[str, Recipe] = {
     ),
     "morphology": Recipe(
         task="morphology",
-        fit=FitConfig(architecture="lean", members=3, epochs=14, batch_size=64,
-                      learning_rate=2e-3, patience=4, mc_rate=0.2, mc_samples=5),
-        n_train=4000, n_val=800, n_test=1000, save_backbone=True,
+        fit=FitConfig(architecture="lean", members=3, epochs=12, batch_size=32,
+                      learning_rate=3e-3, patience=4, mc_rate=0.1, mc_samples=5),
+        n_train=5000, n_val=800, n_test=1000, save_backbone=True,
     ),
     "object-type": Recipe(
         task="object-type",
         fit=FitConfig(architecture="lean", members=3, batch_size=32, early_stopping=False,
-                      fine_tune=FineTune(head_epochs=8, head_learning_rate=3e-3,
-                                         unfreeze_blocks=1, epochs=16, learning_rate=5e-4)),
-        copies=6, backbone="morphology", tta=("identity", "rot180", "flip_lr"),
+                      fine_tune=FineTune(head_epochs=6, head_learning_rate=3e-3,
+                                         unfreeze_blocks=1, epochs=12, learning_rate=5e-4)),
+        copies=3, backbone="morphology", tta=("identity", "rot180", "flip_lr"),
     ),
 }
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.fitting import FitConfig, FittedMember, Weighting, fit_members
+from services.trainer.fitting import FitConfig, FittedMember, fit_members
 from services.trainer.labelled import LabelledSet
 from shared.registry import InputSpec, Manifest, Member, RegistryWriter, sha256_file
 from shared.taskdefs import TaskDefinition
@@ -65,61 +65,27 @@ class ReleaseResult:
 # --------------------------------------------------------------------------- export
 
 
-def export_member(member: FittedMember, path: Path, spec: InputSpec, *, opset: int = 17) -> Path:
-    """Export a member's export model to ONNX: input ``image`` (+ ``mc_mask``), batch dynamic."""
-    import tensorflow as tf
-    import tf2onnx
+def export_member(member: FittedMember, path: Path, spec: InputSpec) -> Path:
+    """Export a member's export model: input ``image`` (+ ``mc_mask``), dynamic batch."""
+    from services.trainer.export import export_onnx
 
-    model = member.models.export
-    signature = [tf.TensorSpec((None, spec.size, spec.size, spec.channels), tf.float32,
-                               name=spec.input_name)]
-    mc = member.models.mc
-    if mc is not None:
-        signature.append(tf.TensorSpec((None, mc.units), tf.float32, name=mc.mask_input))
-    tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset,
-                               output_path=str(path))
-    return Path(path)
+    return export_onnx(member.models.export, path, input_name=spec.input_name,
+                       mc=member.models.mc)
 
 
 def check_member_parity(member: FittedMember, path: Path, x: np.ndarray, spec: InputSpec, *,
-                        tolerance: float, threads: int, seed: int = 0) -> float:
-    """Max |Keras − ONNX Runtime| over ``x``; with MC dropout, for a ones mask and a random one.
+                        tolerance: float, threads: int) -> float:
+    """Max |Keras − ONNX Runtime| over ``x``; with MC dropout, for a ones and a random mask.
 
     Raises
     ------
     services.trainer.export.ParityError
         If the shapes differ or any difference exceeds ``tolerance``.
     """
-    from services.trainer.export import ParityError, onnx_session
+    from services.trainer.export import check_parity
 
-    session = onnx_session(path, threads=threads)
-    mc = member.models.mc
-    feeds: list[dict[str, np.ndarray]] = [{spec.input_name: x}]
-    if mc is not None:
-        keep = 1.0 - mc.rate
-        rng = np.random.default_rng(seed)
-        random_mask = (rng.random((len(x), mc.units)) < keep).astype(np.float32) / keep
-        feeds = [{spec.input_name: x, mc.mask_input: np.ones((len(x), mc.units), np.float32)},
-                 {spec.input_name: x, mc.mask_input: random_mask}]
-    worst = 0.0
-    for feed in feeds:
-        inputs = [feed[spec.input_name], feed[mc.mask_input]] if mc is not None else feed[
-            spec.input_name]
-        expected = np.asarray(member.models.export(inputs, training=False), np.float32)
-        got = session.run(None, {k: np.ascontiguousarray(v, np.float32)
-                                 for k, v in feed.items()})[0]
-        if expected.shape != got.shape:
-            raise ParityError(f"{path.name}: ONNX output shape {got.shape} != Keras "
-                              f"{expected.shape}.")
-        diff = float(np.max(np.abs(expected - got))) if expected.size else 0.0
-        if not np.isfinite(diff) or diff > tolerance:
-            raise ParityError(
-                f"{path.name}: ONNX Runtime differs from Keras by up to {diff:.3g} on {len(x)} "
-                f"held-out images (tolerance {tolerance:g}"
-                f"{', MC mask ' + ('ones' if feed is feeds[0] else 'random') if mc else ''}); "
-                "not publishing.")
-        worst = max(worst, diff)
-    return worst
+    return check_parity(member.models.export, path, x, tolerance=tolerance, threads=threads,
+                        mc=member.models.mc)
 
 
 def save_backbone(member: FittedMember, path: Path, *, task: str, spec: InputSpec,
@@ -138,109 +104,6 @@ def save_backbone(member: FittedMember, path: Path, *, task: str, spec: InputSpe
     card_path = Path(str(path).removesuffix(".weights.h5") + ".json")
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return path
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def _caption(ids: list[str], k: int, text: str) -> str:
-    return f"{ids[k][-26:]}\n{text}"
-
-
-def evaluate_release(task: TaskDefinition, manifest: Manifest, sessions: dict[str, Any],
-                     test: LabelledSet, folder: Path, *, failures: int = 12,
-                     val: LabelledSet | None = None,
-                     expected: np.ndarray | None = None) -> tuple[Manifest, dict[str, Any]]:
-    """Metrics and plots of the served answers on ``test``; plots go into ``folder``.
-
-    Regression fits the bias correction on ``val`` first (never on ``test``) and
-    returns the manifest with its calibration.
-    """
-    from services.trainer import plots, scoring
-
-    raw = scoring.raw_outputs(sessions, manifest, test.x)
-    names: list[str] = []
-    y = np.asarray(test.y)
-    if task.kind == "regression":
-        from services.trainer.evaluate import evaluate_regression, write_plots
-
-        if val is None:
-            raise ValueError("A regression release needs a validation set for the bias fit.")
-        manifest, metrics, curves = evaluate_regression(
-            task, manifest, sessions, val_x=val.x, val_y=np.asarray(val.y, np.float64),
-            test_x=test.x, test_y=y.astype(np.float64))
-        names += write_plots(folder, curves, manifest.calibration, task)  # type: ignore[arg-type]
-        err = np.abs(curves["pred"] - curves["truth"])
-        worst = np.argsort(-err)[:failures]
-        names.append(plots.failures_plot(folder, test.x[worst], [
-            _caption(test.ids, k, f"true {curves['truth'][k]:.1f} pred {curves['pred'][k]:.1f}")
-            for k in worst], title="Largest errors (served, bias-corrected)"))
-        metrics["plots"] = names
-        return manifest, metrics
-    probs = scoring.served_probabilities(task, manifest, raw)
-    labels = task.output_names
-    if task.kind == "classification":
-        metrics = scoring.classification_metrics(task, y, probs)
-        names.append(plots.confusion_plot(folder, metrics["confusion"], labels,
-                                          title=f"{task.name}: confusion (n={len(y)})"))
-        names.append(plots.reliability_plot(folder, {"top-1 probability": metrics["reliability"]},
-                                            title=f"{task.name}: reliability of the top class"))
-        pred = probs.argmax(axis=1)
-        wrong = np.flatnonzero(pred != y)
-        worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:failures]
-        caption = [_caption(test.ids, k, f"true {labels[y[k]]}\npred {labels[pred[k]]} "
-                            f"{probs[k, pred[k]]:.2f}") for k in worst]
-    elif task.kind == "multilabel":
-        metrics = scoring.multilabel_metrics(task, y, probs)
-        head = metrics["labels"][labels[0]]
-        names.append(plots.confusion_plot(
-            folder, [[head["tn"], head["fp"]], [head["fn"], head["tp"]]],
-            [f"not {labels[0]}", labels[0]], title=f"{task.name}: {labels[0]} (p >= 0.5)"))
-        names.append(plots.label_bars_plot(folder, metrics["labels"]))
-        names.append(plots.reliability_plot(
-            folder, {lab: scoring.reliability(probs[:, k], y[:, k]) for k, lab in
-                     enumerate(labels)}, title=f"{task.name}: reliability per label"))
-        err = np.abs(probs[:, 0] - y[:, 0])
-        worst = np.argsort(-err)[:failures]
-        caption = [_caption(test.ids, k, f"{labels[0]} true {int(y[k, 0])} p {probs[k, 0]:.2f}\n"
-                            + ",".join(lab for j, lab in enumerate(labels[1:], 1) if y[k, j]))
-                   for k in worst]
-    elif task.kind == "vote_tree":
-        assert task.vote_tree is not None
-        metrics = scoring.vote_tree_metrics(task, manifest, raw, y, probs, expected)
-        confident = scoring.confident_questions(task, y)
-        spans = scoring.question_spans(task)
-        counts = y.astype(np.float64)
-        observed = np.concatenate([counts[:, a:b] / np.maximum(counts[:, a:b].sum(1, keepdims=True),
-                                                               1.0) for a, b in spans], axis=1)
-        questions = [(q.name, q.answers, a) for q, (a, _) in zip(task.vote_tree.questions, spans)]
-        names.append(plots.vote_fraction_plot(folder, questions, probs, observed, confident))
-        asked = np.concatenate([np.repeat(counts[:, a:b].sum(1, keepdims=True) > 0, b - a, 1)
-                                for a, b in spans], axis=1)
-        metrics["reliability"] = scoring.reliability(probs[asked], observed[asked])
-        names.append(plots.reliability_plot(
-            folder, {"asked answers": metrics["reliability"]},
-            title="Predicted vs observed vote fraction (binned)"))
-        root = task.vote_tree.questions[0]
-        a, b = spans[0]
-        sure = confident[:, 0]
-        root_confusion = np.zeros((b - a, b - a), np.int64)
-        np.add.at(root_confusion, (observed[sure, a:b].argmax(1), probs[sure, a:b].argmax(1)), 1)
-        metrics["root_confusion_labels"] = root.answers
-        metrics["root_confusion"] = root_confusion.tolist()
-        names.append(plots.confusion_plot(folder, root_confusion.tolist(), root.answers,
-                                          title=f"{root.name}: majority answer (confident)"))
-        per_image = np.array([np.abs(probs[i] - observed[i])[
-            np.repeat(confident[i], [b - a for a, b in spans])].mean()
-            if confident[i].any() else 0.0 for i in range(len(y))])
-        worst = np.argsort(-per_image)[:failures]
-        caption = [_caption(test.ids, k, f"MAE {per_image[k]:.2f} {root.answers[0][:6]} "
-                            f"obs {observed[k, 0]:.2f} pred {probs[k, 0]:.2f}") for k in worst]
-    else:  # pragma: no cover - the task kinds are closed
-        raise ValueError(f"Unknown task kind {task.kind!r}.")
-    names.append(plots.failures_plot(folder, test.x[worst], caption))
-    metrics["plots"] = names
-    return manifest, metrics
 
 
 def headline_rows(task: TaskDefinition, metrics: dict[str, Any]) -> list[tuple[str, str]]:
@@ -325,10 +188,11 @@ def release(
     services.trainer.export.ParityError
         If an exported member does not reproduce Keras; nothing is published.
     """
+    from services.trainer.evaluate import evaluate_task
     from services.trainer.export import onnx_session
+    from services.trainer.heads import output_spec
     from services.trainer.publish import build_manifest, library_versions, publish, write_json
     from services.trainer.train import configure_tensorflow
-    from services.trainer.heads import output_spec
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -369,7 +233,7 @@ def release(
         draft = build_manifest(task=task.name, members=entries, input_spec=spec,
                                output=output_spec(task, members[0].models.mc),
                                tta=list(options.tta))
-        manifest, metrics = evaluate_release(task, draft, sessions, test, staging,
+        manifest, metrics = evaluate_task(task, draft, sessions, test, staging,
                                              failures=options.failures, val=val,
                                              expected=expected)
         metrics.update({"parity_max_abs_diff": parity, "n_train": len(train),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 
@@ -14,7 +15,8 @@ __all__ = ["TrainerSettings", "get_settings"]
 class TrainerSettings(SkyserveSettings):
     """Settings of ``skyserve-train``; ``models_dir`` (the registry) comes from the base.
 
-    Environment: ``SKYSERVE_TRAINER_THREADS``, ``SKYSERVE_TRAINER_RENDER_WORKERS``.
+    Environment: ``SKYSERVE_TRAINER_THREADS``, ``SKYSERVE_TRAINER_RENDER_WORKERS``,
+    ``SKYSERVE_TRAINER_BACKBONE_DIR``.
     """
 
     trainer_threads: int = Field(
@@ -22,6 +24,10 @@ class TrainerSettings(SkyserveSettings):
     )
     trainer_render_workers: int = Field(
         default=2, ge=1, description="Processes rendering synthetic galaxies in parallel."
+    )
+    trainer_backbone_dir: Path = Field(
+        default=Path(".cache/backbones"),
+        description="Pretrained bodies for transfer learning (<task>.weights.h5 + card).",
     )
 
 
