@@ -35,7 +35,8 @@ def test_every_architecture_builds_a_regression_model() -> None:
         model = build_model(name, task)
         assert model.input_shape == (None, arch.input_size, arch.input_size, 3)
         out = np.asarray(model(np.zeros((2, arch.input_size, arch.input_size, 3), "float32")))
-        assert out.shape == (2, 1) and np.all(np.abs(out) < 1.0)
+        # tanh may round to exactly ±1 in float32 for an untrained net: bounded, not open.
+        assert out.shape == (2, 1) and np.all(np.isfinite(out)) and np.all(np.abs(out) <= 1.0)
 
 
 def test_unknown_names_and_kinds_are_reported() -> None:
