@@ -106,7 +106,7 @@ def test_a_zip_of_targets_urls_and_images_runs_and_joins_back_by_id(
     batch = system.wait_batch(api, resp.json()["id"])
 
     assert batch["status"] == "succeeded"
-    assert batch["progress"] == {"total": 11, "done": 11, "failed": 0}
+    assert batch["progress"] == {"total": 11, "done": 11, "failed": 0, "pending": 0}
     results = _results_csv(api, batch["id"])
     by_id = {r["id"]: r for r in results}
     assert len(results) == len(rows) and set(by_id) == {r["id"] for r in rows}
@@ -182,7 +182,7 @@ def test_five_percent_bad_rows_fail_alone_each_with_its_reason(
     batch = system.wait_batch(api, resp.json()["id"])
 
     assert batch["status"] == "succeeded"
-    assert batch["progress"] == {"total": 220, "done": 209, "failed": 11}
+    assert batch["progress"] == {"total": 220, "done": 209, "failed": 11, "pending": 0}
     results = _results_csv(api, batch["id"])
     assert len(results) == 220
     failed = {r["id"]: r["error"] for r in results if r["status"] == "failed"}
@@ -244,7 +244,7 @@ def test_a_redelivered_chunk_is_not_counted_twice(system: System, api: TestClien
     system.drain(api)
 
     after = api.get(f"/v1/batches/{batch_id}").json()
-    assert first["progress"] == after["progress"] == {"total": 10, "done": 10, "failed": 0}
+    assert first["progress"] == after["progress"] == {"total": 10, "done": 10, "failed": 0, "pending": 0}
     assert after["status"] == "succeeded"
     assert _results_json(api, batch_id) == before and len(before) == 10
     counts = system.redis.hgetall(system.batches.key(batch_id, "counts"))
