@@ -52,7 +52,7 @@ def _command(values: dict[str, object]) -> str:
 @app.command()
 def inclination(
     members: Annotated[int, typer.Option(min=1, help="Ensemble members (bagged).")] = 3,
-    n_train: Annotated[int, typer.Option(min=1, help="Training galaxies rendered.")] = 9000,
+    n_train: Annotated[int, typer.Option(min=1, help="Training galaxies rendered.")] = 8000,
     n_val: Annotated[int, typer.Option(min=2, help="Validation galaxies (early stopping, "
                                        "bias fit).")] = 1000,
     n_test: Annotated[int, typer.Option(min=2, help="Held-out test galaxies.")] = 1500,

@@ -41,7 +41,8 @@ DATA_DESCRIPTION: dict[str, Any] = {
     "galaxy": "galsim.InclinedExponential thick disk (h/r 0.08-0.18) + Sersic bulge "
     "(n 2-4, 0-45 % of the light in 80 % of galaxies) + projected star-forming knots "
     "(70 %) + faint logarithmic spiral modulation (70 %), any position angle",
-    "observation": "Moffat (70 %) or Kolmogorov PSF, FWHM 1.0-3.2 px; S/N 40-800 "
+    "observation": "Moffat (70 %) or Kolmogorov PSF, FWHM/scale radius 0.04-0.45 "
+    "(log-uniform, at least 0.8 px); S/N 40-800 "
     "(log-uniform); sky offset; 72-136 px cutouts (10 % non-square), galaxy offset up "
     "to 10 % of the side, scale radius 0.095 x side x (0.8-1.2); 10 % with a bright "
     "foreground star (half with diffraction spikes)",
@@ -65,7 +66,7 @@ class PipelineOptions:
     architecture: str = "compact"
     input_size: int | None = None
     members: int = 3
-    n_train: int = 9000
+    n_train: int = 8000
     n_val: int = 1000
     n_test: int = 1500
     epochs: int = 8
@@ -130,7 +131,8 @@ def run(options: PipelineOptions, *, say: Callable[[str], None] = log.info) -> P
     test = render(options.n_test, seeds["test"], measure=True)  # measured: the baseline
     timings["render_s"] = time.perf_counter() - started
 
-    # TensorFlow is imported only now: rendering workers are spawned before it exists.
+    # Training, export and evaluation load only after rendering; the rendering workers
+    # are spawned (not forked), so they never carry this process's TensorFlow threads.
     from services.trainer.evaluate import evaluate_regression, write_plots
     from services.trainer.export import check_parity, export_onnx, onnx_session
     from services.trainer.train import configure_tensorflow, train_ensemble

@@ -141,8 +141,9 @@ def sample_params(
     size
         Fixed square side in pixels; drawn from 72–136 (sometimes non-square) when None.
     clean
-        A typical well-observed galaxy: colour, high S/N, moderate seeing, no star,
-        no inversion, a disk of typical thickness. Other draws stay random.
+        A typical well-observed galaxy: colour, high S/N, seeing FWHM 0.15 of the
+        disk scale radius, no star, no inversion, a disk of typical thickness.
+        Other draws stay random.
     """
     rng = np.random.default_rng(seed)
     u = rng.uniform
@@ -180,7 +181,11 @@ def sample_params(
         offset_x_px=float(u(-0.1, 0.1) * width),
         offset_y_px=float(u(-0.1, 0.1) * height),
         psf="moffat" if (clean or u() < 0.7) else "kolmogorov",
-        psf_fwhm_px=1.8 if clean else float(u(1.0, 3.2)),
+        # Seeing relative to the disk, not in pixels: a cutout's pixel count says nothing
+        # about how sharp it is (big nearby galaxies are sharp, small far ones blurred).
+        # FWHM / scale radius is log-uniform in 0.04-0.45, never below 0.8 px.
+        psf_fwhm_px=float(max(0.8, scale_radius * (0.15 if clean else np.exp(
+            u(math.log(0.04), math.log(0.45)))))),
         psf_beta=float(rng.choice([2.5, 3.0, 3.5, 4.5])),
         snr=200.0 if clean else float(np.exp(u(np.log(40.0), np.log(800.0)))),
         sky_sigmas=float(u(-1.0, 3.0)),
