@@ -119,7 +119,8 @@ def check_parity(
     Raises
     ------
     ParityError
-        If the outputs' shapes differ or any element differs by more than ``tolerance``.
+        If the outputs' shapes differ or any element differs by more than
+        ``tolerance * (1 + |Keras output|)``.
     """
     session = onnx_session(onnx_path, threads=threads)
     masks: dict[str, np.ndarray | None] = (
@@ -135,10 +136,14 @@ def check_parity(
                 f"{expected.shape}{where}."
             )
         diff = float(np.max(np.abs(expected - got))) if expected.size else 0.0
-        if not np.isfinite(diff) or diff > tolerance:
+        # numpy.allclose's rule with rtol = atol: float32 rounding grows with the output's
+        # magnitude, and Dirichlet logits reach about +-20 where 1e-4 flat is too tight.
+        within = np.abs(expected - got) <= tolerance * (1.0 + np.abs(expected))
+        if not np.isfinite(diff) or not bool(np.all(within)):
             raise ParityError(
                 f"{Path(onnx_path).name}: ONNX Runtime differs from Keras by up to {diff:.3g} "
-                f"on {len(x)} held-out images (tolerance {tolerance:g}){where}; not publishing."
+                f"on {len(x)} held-out images (tolerance {tolerance:g} + {tolerance:g} x "
+                f"|Keras output|){where}; not publishing."
             )
         worst = max(worst, diff)
     return worst
