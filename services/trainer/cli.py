@@ -52,18 +52,21 @@ def _command(values: dict[str, object]) -> str:
 @app.command()
 def inclination(
     members: Annotated[int, typer.Option(min=1, help="Ensemble members (bagged).")] = 3,
-    n_train: Annotated[int, typer.Option(min=1, help="Training galaxies rendered.")] = 8000,
+    n_train: Annotated[int, typer.Option(min=1, help="Training galaxies rendered.")] = 24000,
     n_val: Annotated[int, typer.Option(min=2, help="Validation galaxies (early stopping, "
                                        "bias fit).")] = 1000,
     n_test: Annotated[int, typer.Option(min=2, help="Held-out test galaxies.")] = 1500,
-    epochs: Annotated[int, typer.Option(min=1)] = 8,
+    epochs: Annotated[int, typer.Option(min=1)] = 40,
     architecture: Annotated[str, typer.Option(help="compact, model4, model5, model6, tiny.")]
     = "compact",
     input_size: Annotated[int | None, typer.Option(help="Input side in px (default: the "
                                                    "architecture's).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     learning_rate: Annotated[float, typer.Option(min=0.0)] = 2e-3,
-    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience (epochs).")] = 4,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience (epochs).")] = 8,
+    tta: Annotated[str, typer.Option(help="Test-time transforms, comma-separated (identity, "
+                                     "rot90, rot180, rot270, flip_lr, flip_ud); the "
+                                     "median is served.")] = "identity,rot90,rot180,rot270",
     steps_per_epoch: Annotated[int | None, typer.Option(help="Cap on steps per epoch.")] = None,
     seed: Annotated[int, typer.Option(help="Seeds data, subsets and weights.")] = 0,
     models_dir: Annotated[Path | None, typer.Option(help="Registry root (default: "
@@ -88,7 +91,7 @@ def inclination(
         "members": members, "n_train": n_train, "n_val": n_val, "n_test": n_test,
         "epochs": epochs, "architecture": architecture, "input_size": input_size,
         "batch_size": batch_size, "learning_rate": learning_rate, "patience": patience,
-        "steps_per_epoch": steps_per_epoch, "seed": seed,
+        "steps_per_epoch": steps_per_epoch, "seed": seed, "tta": tta,
     }
     if tiny:
         values.update({k: v for k, v in TINY.items() if k != "render_workers"})
@@ -99,7 +102,7 @@ def inclination(
         threads=threads or settings.trainer_threads,
         render_workers=render_workers or (1 if tiny else settings.trainer_render_workers),
         command=command,
-        **values,  # type: ignore[arg-type]
+        **{**values, "tta": tuple(t.strip() for t in tta.split(",") if t.strip())},  # type: ignore[arg-type]
     )
     console.print(f"[bold]{command}[/bold]")
     try:
@@ -120,13 +123,18 @@ def inclination(
 @app.command()
 def architectures() -> None:
     """List the architectures the trainer can build."""
-    from services.trainer.architectures import ARCHITECTURES
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from services.trainer.architectures import ARCHITECTURES, build_model, flops_per_image
+    from shared.taskdefs import get_task_definition
 
-    table = Table(title="architectures")
-    for column in ("name", "input", "layers", "description"):
-        table.add_column(column)
+    task = get_task_definition("inclination")
+    table = Table(title="architectures (parameters and MFLOP per image with the regression head)")
+    for column in ("name", "input", "parameters", "MFLOP", "layers", "description"):
+        table.add_column(column, justify="right" if column in ("parameters", "MFLOP") else "left")
     for arch in ARCHITECTURES.values():
-        table.add_row(arch.name, f"{arch.input_size} px", arch.layers, arch.description)
+        model = build_model(arch.name, task)
+        table.add_row(arch.name, f"{arch.input_size} px", f"{model.count_params():,}",
+                      f"{flops_per_image(model) / 1e6:,.1f}", arch.layers, arch.description)
     console.print(table)
 
 

@@ -46,7 +46,7 @@ def test_tiny_run_publishes_a_complete_verified_version(published: Path) -> None
     assert manifest.input.size == 32 and manifest.input.channels == 3
     assert manifest.input.scaling == "unit" and manifest.input.input_name == "image"
     assert manifest.output.activation == "tanh_range"
-    assert manifest.tta == ["identity", "rot180"]
+    assert manifest.tta == ["identity", "rot90", "rot180", "rot270"]  # the CLI's default
     assert manifest.calibration is not None
     assert manifest.parity_max_abs_diff is not None and manifest.parity_max_abs_diff <= 1e-4
     assert {m.subset_seed for m in manifest.members} == {0, 1, 2}
@@ -74,12 +74,19 @@ def test_published_members_serve_finite_answers_in_range(published: Path) -> Non
     for member in manifest.members:
         session = onnx_session(reader.member_path(manifest, member, verify=True), threads=1)
         out = np.stack([onnx_predict(session, tta_transform(x, t)) for t in manifest.tta])
-        assert out.shape == (2, 3, 1)
+        assert out.shape == (len(manifest.tta), 3, 1)
         assert np.all(np.isfinite(out)) and np.all(np.abs(out) <= 1.0)
         raw[member.name] = out
     for answer in summarize(task, manifest, raw):
         assert isinstance(answer.value, float) and 45.0 <= answer.value <= 90.0
         assert len(answer.members) == 3
+
+
+def test_an_unknown_test_time_transform_is_refused_before_training(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["inclination", "--tiny", "--models-dir", str(tmp_path),
+                                      "--tta", "identity,rot45"])
+    assert result.exit_code == 2 and "rot45" in result.output
+    assert not (tmp_path / "inclination").exists()
 
 
 def test_cli_help_and_architectures_list() -> None:
