@@ -36,6 +36,7 @@ __all__ = [
     "build_body",
     "build_model",
     "get_architecture",
+    "flops_per_image",
 ]
 
 
@@ -335,3 +336,26 @@ def build_model(
     inputs = keras.Input((size, size, channels), name="image")
     outputs = HEADS[task.kind](build_body(inputs, arch), task)
     return keras.Model(inputs, outputs, name=f"{task.name}_{arch.name}")
+
+
+def flops_per_image(model: keras.Model) -> int:
+    """Floating-point operations one image costs (a multiply-add counts 2).
+
+    Counts what dominates: convolutions, dense layers and the isophote branch's
+    moment product. Pooling, batch norm and activations are left out (a few % at most),
+    so the figure compares architectures fairly rather than timing any one of them.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            _, height, width, filters = layer.output.shape
+            k_h, k_w = layer.kernel_size
+            total += 2 * int(height) * int(width) * int(filters) * k_h * k_w * int(
+                layer.input.shape[-1])
+        elif isinstance(layer, layers.Dense):
+            total += 2 * int(layer.input.shape[-1]) * int(layer.units)
+        elif isinstance(layer, IsophoteMoments):
+            # Two smoothings x two weight maps x `masks` levels, each (H*W) x 6 moments.
+            pixels = int(layer.input.shape[1]) * int(layer.input.shape[2])
+            total += 2 * len(layer.SMOOTHING) * 2 * layer.masks * pixels * 6
+    return total

@@ -11,6 +11,7 @@ from services.trainer.architectures import (  # noqa: E402
     ARCHITECTURES,
     IsophoteMoments,
     build_model,
+    flops_per_image,
     get_architecture,
 )
 from shared.taskdefs import TaskDefinition, get_task_definition  # noqa: E402
@@ -66,3 +67,16 @@ def test_isophote_moments_see_ellipticity_at_any_position_angle() -> None:
     assert np.allclose(flat, expected, atol=0.08)  # smoothing and pixels round it a little
     # Outer isophotes cover many pixels; the core (last level) is coarser.
     assert np.allclose(flat[:3], flat_turned[:3], atol=0.03)
+
+
+def test_flops_count_convolutions_and_dense_layers() -> None:
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)  # 6 x 6 x 4 outputs, 27 multiply-adds each
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))  # 144 inputs x 2
+    assert flops_per_image(keras.Model(inputs, outputs)) == 2 * (6 * 6 * 4 * 27 + 144 * 2)
+    task = get_task_definition("inclination")
+    # The compact default costs a few MFLOP, a small fraction of IncliNET's smallest model.
+    compact, model4 = (flops_per_image(build_model(n, task)) for n in ("compact", "model4"))
+    assert 1e6 < compact < model4 / 30
