@@ -1,15 +1,18 @@
 """Single-image serving speed: raw ONNX Runtime in one process vs. the whole system.
 
-Prints, in one run on this machine:
+Prints, in one run on this machine, for the tasks named by ``--tasks`` (default
+inclination; ``all`` asks every served task in each job, as one upload can):
 
-1. the baseline — the default ensemble run in-process (preprocess + every member ×
-   every test-time transform + summary), batch 1 and batch 32, no queue, no HTTP;
+1. the baseline — the default ensembles run in-process (preprocess + every member ×
+   every test-time transform × every MC-dropout sample + summary, for every task),
+   batch 1 and batch 32, no queue, no HTTP;
 2. the system — the same images uploaded one job each through the API (uvicorn),
    Redis and W Celery worker processes, C clients at once, timed end to end;
 3. optionally (``--keras``, needs the trainer extra) IncliNET's serving style:
    ``model.predict`` per image per Keras model, for 15 untrained model4 copies.
 
-Usage: ``python bench/inference.py [--images 200] [--workers 2] [--clients 8] [--keras]``
+Usage: ``python bench/inference.py [--images 200] [--workers 2] [--clients 8]
+[--tasks inclination|all|a,b] [--keras]``
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from shared.registry import RegistryReader  # noqa: E402
 from shared.settings import REPO_ROOT  # noqa: E402
 from shared.taskdefs import get_task_definition  # noqa: E402
 
-TASK = "inclination"
+TASK = "inclination"  # the IncliNET comparison (--keras) and the default --tasks
 
 
 def sample_pngs(n: int) -> list[bytes]:
@@ -53,35 +56,46 @@ def sample_pngs(n: int) -> list[bytes]:
         return [png_bytes(128, axis_ratio=0.3 + 0.6 * (i % 10) / 10, seed=i) for i in range(n)]
 
 
-def baseline(pngs: list[bytes], models: Path) -> dict[str, float]:
+def baseline(pngs: list[bytes], models: Path, tasks: list[str]) -> dict[str, float]:
     settings = WorkerSettings(models_dir=models, intra_op_threads=0)
     cache = SessionCache(
         RegistryReader(models), providers=settings.available_providers(), intra_op_threads=0
     )
-    model = cache.get(TASK)
-    task = get_task_definition(TASK)
-    spec = model.manifest.input
+    loaded = {name: (get_task_definition(name), cache.get(name)) for name in tasks}
+
+    def answer_all(datas: list[bytes]) -> None:
+        # One decode per distinct input spec, as the worker's answers.prepare does.
+        arrays: dict[str, np.ndarray] = {}
+        for task, model in loaded.values():
+            key = model.manifest.input.model_dump_json()
+            if key not in arrays:
+                arrays[key] = np.stack([preprocess(d, model.manifest.input) for d in datas])
+            predict(task, model, arrays[key], max_batch_size=64)
+
     out: dict[str, float] = {}
-    predict(task, model, preprocess(pngs[0], spec)[None], max_batch_size=64)  # warm up
+    answer_all(pngs[:1])  # warm up
     start = time.perf_counter()
     for data in pngs:
-        predict(task, model, preprocess(data, spec)[None], max_batch_size=64)
+        answer_all([data])
     out["in-process, batch 1"] = len(pngs) / (time.perf_counter() - start)
     start = time.perf_counter()
     for i in range(0, len(pngs), 32):
-        batch = np.stack([preprocess(d, spec) for d in pngs[i : i + 32]])
-        predict(task, model, batch, max_batch_size=64)
+        answer_all(pngs[i : i + 32])
     out["in-process, batch 32"] = len(pngs) / (time.perf_counter() - start)
+    task, model = loaded[tasks[0]]
+    spec = model.manifest.input
     member = model.members[0]
     x = np.stack([preprocess(d, spec) for d in pngs[:32]])
     start = time.perf_counter()
     for row in x:
         member.session.run([member.output_name], {member.input_name: row[None]})
-    out["model only: one member, no TTA, batch 1"] = len(x) / (time.perf_counter() - start)
+    out[f"model only: one {tasks[0]} member, no TTA, batch 1"] = (
+        len(x) / (time.perf_counter() - start))
     return out
 
 
-def system(pngs: list[bytes], models: Path, workers: int, clients: int) -> dict[str, float]:
+def system(pngs: list[bytes], models: Path, workers: int, clients: int,
+           tasks: list[str]) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="skyserve-bench-"))
     redis_url, redis_proc = start_redis(tmp / "redis", appendonly=True)
     env = {
@@ -113,7 +127,7 @@ def system(pngs: list[bytes], models: Path, workers: int, clients: int) -> dict[
             def one(data: bytes) -> float:
                 t0 = time.perf_counter()
                 job = client.post("/v1/jobs", files={"file": ("g.png", data, "image/png")},
-                                  data={"tasks": TASK}).json()
+                                  data={"tasks": ",".join(tasks)}).json()
                 while job["status"] not in ("succeeded", "failed"):
                     job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10}).json()
                 assert job["status"] == "succeeded", job
@@ -157,14 +171,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--tasks", default=TASK,
+                        help="comma-separated tasks asked in each job, or 'all' (every served task)")
     parser.add_argument("--keras", action="store_true", help="also time IncliNET's Keras serving style")
     args = parser.parse_args()
-    manifest = RegistryReader(args.models).manifest(TASK)
-    print(f"model: {TASK} v{manifest.version}, {len(manifest.members)} members, "
-          f"tta={manifest.tta}, input {manifest.input.size}px; {os.cpu_count()} cores")
+    reader = RegistryReader(args.models)
+    tasks = reader.tasks() if args.tasks == "all" else [t for t in args.tasks.split(",") if t]
+    for name in tasks:
+        manifest = reader.manifest(name)
+        mc = manifest.output.mc_dropout
+        print(f"model: {name} v{manifest.version}, {len(manifest.members)} members, "
+              f"tta={manifest.tta}, MC samples {mc.samples if mc else 1}, "
+              f"input {manifest.input.size}px")
+    print(f"{os.cpu_count()} cores; every job asks for: {', '.join(tasks)}")
     pngs = sample_pngs(args.images)
-    figures = baseline(pngs, args.models)
-    figures.update(system(pngs, args.models, args.workers, args.clients))
+    figures = baseline(pngs, args.models, tasks)
+    figures.update(system(pngs, args.models, args.workers, args.clients, tasks))
     if args.keras:
         figures.update(keras_baseline(pngs[:10]))
     width = max(map(len, figures))
