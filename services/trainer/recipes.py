@@ -54,9 +54,9 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "rejection": Recipe(
         task="rejection",
-        fit=FitConfig(architecture="lean", members=3, epochs=14, batch_size=64,
-                      learning_rate=2e-3, patience=4),
-        n_train=4000, n_val=800, n_test=1000, save_backbone=True,
+        fit=FitConfig(architecture="lean", members=3, epochs=30, batch_size=64,
+                      learning_rate=2e-3, patience=6),
+        n_train=10000, n_val=1000, n_test=1000, save_backbone=True,
     ),
     "morphology": Recipe(
         task="morphology",
@@ -67,9 +67,9 @@ RECIPES: dict[str, Recipe] = {
     "object-type": Recipe(
         task="object-type",
         fit=FitConfig(architecture="lean", members=3, batch_size=32, early_stopping=False,
-                      fine_tune=FineTune(head_epochs=6, head_learning_rate=3e-3,
-                                         unfreeze_blocks=1, epochs=12, learning_rate=5e-4)),
-        copies=3, backbone="morphology", tta=("identity", "rot180", "flip_lr"),
+                      fine_tune=FineTune(head_epochs=8, head_learning_rate=3e-3,
+                                         unfreeze_blocks=2, epochs=30, learning_rate=5e-4)),
+        copies=6, backbone="morphology", tta=("identity", "rot180", "flip_lr"),
     ),
 }
 
