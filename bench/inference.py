@@ -82,7 +82,7 @@ def baseline(pngs: list[bytes], models: Path, tasks: list[str]) -> dict[str, flo
     for i in range(0, len(pngs), 32):
         answer_all(pngs[i : i + 32])
     out["in-process, batch 32"] = len(pngs) / (time.perf_counter() - start)
-    task, model = loaded[tasks[0]]
+    _, model = loaded[tasks[0]]
     spec = model.manifest.input
     member = model.members[0]
     x = np.stack([preprocess(d, spec) for d in pngs[:32]])

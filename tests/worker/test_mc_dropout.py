@@ -94,3 +94,19 @@ def test_a_member_whose_mask_input_does_not_match_the_manifest_is_refused(regist
     _publish(registry_root, samples=4, units=UNITS + 1)
     with pytest.raises(ModelIntegrityError, match="mask"):
         _model(registry_root)
+
+
+def test_the_committed_morphology_default_samples_its_dropout_masks() -> None:
+    from shared.settings import REPO_ROOT
+
+    cache = SessionCache(RegistryReader(REPO_ROOT / "models"), providers=["CPUExecutionProvider"],
+                         intra_op_threads=1)
+    model = cache.get("morphology")
+    mc = model.manifest.output.mc_dropout
+    assert mc is not None and mc.samples > 1
+    images = np.random.default_rng(4).random((1, model.manifest.input.size,
+                                              model.manifest.input.size, 3), dtype=np.float32)
+    for name, raw in run_members(model, images, max_batch_size=64).items():
+        per_transform = raw.reshape(len(model.manifest.tta), mc.samples, -1)
+        # Within one transform, every sample saw its own mask and answered differently.
+        assert (per_transform.std(axis=1) > 1e-4).any(), name
