@@ -1,8 +1,8 @@
 """``skyserve-train``: build, check and publish models from the command line.
 
 ``skyserve-train inclination`` with its defaults rebuilds the committed default
-model (``models/inclination/1``); ``--tiny`` runs the whole pipeline in seconds on a
-few hundred small images, for smoke tests. ``rejection``, ``morphology``,
+model (``models/inclination/2``); ``--tiny`` runs the whole pipeline in seconds on
+a few hundred small images, for smoke tests. ``rejection``, ``morphology``,
 ``object-type`` and ``catalog`` come from :mod:`services.trainer.cli_tasks`. Heavy
 libraries load inside commands, so ``--help`` is instant.
 """
