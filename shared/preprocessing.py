@@ -25,8 +25,11 @@ __all__ = [
     "to_model_input",
     "preprocess",
     "tta_transform",
+    "TTA_TRANSFORMS",
 ]
 
+#: The test-time transforms :func:`tta_transform` knows (all exact symmetries of a square).
+TTA_TRANSFORMS = ("identity", "rot180", "flip_lr", "flip_ud", "rot90", "rot270")
 PILLOW_FORMATS = frozenset({"PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP"})
 _FITS_MAGIC = b"SIMPLE  ="
 # Truncated files must fail loudly, never be half-filled with grey.

@@ -96,13 +96,14 @@ def inclination(
     if tiny:
         values.update({k: v for k, v in TINY.items() if k != "render_workers"})
     command = _command(values)
+    transforms = tuple(name.strip() for name in tta.split(",") if name.strip())
     options = PipelineOptions(
         task="inclination",
         models_dir=models_dir or settings.models_dir,
         threads=threads or settings.trainer_threads,
         render_workers=render_workers or (1 if tiny else settings.trainer_render_workers),
         command=command,
-        **{**values, "tta": tuple(t.strip() for t in tta.split(",") if t.strip())},  # type: ignore[arg-type]
+        **{**values, "tta": transforms},  # type: ignore[arg-type]
     )
     console.print(f"[bold]{command}[/bold]")
     try:

@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from services.trainer.architectures import get_architecture
 from services.trainer.dataset import Dataset, build_dataset
 from services.trainer.publish import (
@@ -31,7 +29,7 @@ from services.trainer.publish import (
     write_json,
 )
 from services.trainer.train import TrainConfig
-from shared.preprocessing import tta_transform
+from shared.preprocessing import TTA_TRANSFORMS
 from shared.registry import InputSpec, Manifest, OutputSpec, RegistryWriter
 from shared.taskdefs import get_task_definition
 
@@ -117,9 +115,10 @@ def run(options: PipelineOptions, *, say: Callable[[str], None] = log.info) -> P
     if task.name != "inclination":
         return _run_recipe(options, say=say)
     assert task.range is not None
-    probe = np.zeros((1, 2, 2, 1), np.float32)
-    for name in options.tta:  # fail before training, not after it
-        tta_transform(probe, name)
+    unknown = [name for name in options.tta if name not in TTA_TRANSFORMS]
+    if unknown:  # fail before training, not after it
+        raise ValueError(f"Unknown test-time transform(s) {', '.join(map(repr, unknown))}; "
+                         f"use {', '.join(TTA_TRANSFORMS)}.")
     arch = get_architecture(options.architecture)
     spec = InputSpec(size=options.input_size or arch.input_size, channels=3, scaling="unit")
     seeds = _seeds(options.seed)
