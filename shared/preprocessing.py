@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +29,6 @@ __all__ = [
     "TTA_TRANSFORMS",
 ]
 
-#: The test-time transforms :func:`tta_transform` knows (all exact symmetries of a square).
-TTA_TRANSFORMS = ("identity", "rot180", "flip_lr", "flip_ud", "rot90", "rot270")
 PILLOW_FORMATS = frozenset({"PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP"})
 _FITS_MAGIC = b"SIMPLE  ="
 # Truncated files must fail loudly, never be half-filled with grey.
@@ -244,18 +243,23 @@ def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int = 50_000_000) ->
     return to_model_input(decode_image(data, max_pixels=max_pixels), spec)
 
 
+# Exact symmetries of a square on (N, H, W, C) batches: no resampling, label-preserving
+# for every task whose answer does not depend on orientation.
+_TTA: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda batch: batch,
+    "rot180": lambda batch: batch[:, ::-1, ::-1, :],
+    "flip_lr": lambda batch: batch[:, :, ::-1, :],
+    "flip_ud": lambda batch: batch[:, ::-1, :, :],
+    "rot90": lambda batch: np.rot90(batch, k=1, axes=(1, 2)),
+    "rot270": lambda batch: np.rot90(batch, k=3, axes=(1, 2)),
+}
+#: The test-time transforms :func:`tta_transform` knows.
+TTA_TRANSFORMS: tuple[str, ...] = tuple(_TTA)
+
+
 def tta_transform(batch: np.ndarray, name: str) -> np.ndarray:
     """Apply a test-time transform to an ``(N, H, W, C)`` batch."""
-    if name == "identity":
-        return batch
-    if name == "rot180":
-        return batch[:, ::-1, ::-1, :]
-    if name == "flip_lr":
-        return batch[:, :, ::-1, :]
-    if name == "flip_ud":
-        return batch[:, ::-1, :, :]
-    if name == "rot90":
-        return np.rot90(batch, k=1, axes=(1, 2))
-    if name == "rot270":
-        return np.rot90(batch, k=3, axes=(1, 2))
-    raise ValueError(f"unknown test-time transform {name!r}")
+    try:
+        return _TTA[name](batch)
+    except KeyError:
+        raise ValueError(f"unknown test-time transform {name!r}") from None
