@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.local_stack import free_port, start_redis, start_worker, stop  # noqa: E402
-from services.worker.inference import predict  # noqa: E402
+from services.worker.answers import answer, prepare  # noqa: E402
 from services.worker.sessions import SessionCache  # noqa: E402
 from services.worker.settings import WorkerSettings  # noqa: E402
 from shared.preprocessing import preprocess  # noqa: E402
@@ -61,16 +61,13 @@ def baseline(pngs: list[bytes], models: Path, tasks: list[str]) -> dict[str, flo
     cache = SessionCache(
         RegistryReader(models), providers=settings.available_providers(), intra_op_threads=0
     )
-    loaded = {name: (get_task_definition(name), cache.get(name)) for name in tasks}
+    models = {name: cache.get(name) for name in tasks}
+    definitions = {name: get_task_definition(name) for name in tasks}
 
     def answer_all(datas: list[bytes]) -> None:
-        # One decode per distinct input spec, as the worker's answers.prepare does.
-        arrays: dict[str, np.ndarray] = {}
-        for task, model in loaded.values():
-            key = model.manifest.input.model_dump_json()
-            if key not in arrays:
-                arrays[key] = np.stack([preprocess(d, model.manifest.input) for d in datas])
-            predict(task, model, arrays[key], max_batch_size=64)
+        # The worker's own path: one decode per input spec, one ensemble run per task.
+        images = [prepare(d, models, max_pixels=settings.max_image_pixels) for d in datas]
+        answer(definitions, models, images, max_batch_size=64)
 
     out: dict[str, float] = {}
     answer_all(pngs[:1])  # warm up
@@ -82,7 +79,7 @@ def baseline(pngs: list[bytes], models: Path, tasks: list[str]) -> dict[str, flo
     for i in range(0, len(pngs), 32):
         answer_all(pngs[i : i + 32])
     out["in-process, batch 32"] = len(pngs) / (time.perf_counter() - start)
-    _, model = loaded[tasks[0]]
+    model = models[tasks[0]]
     spec = model.manifest.input
     member = model.members[0]
     x = np.stack([preprocess(d, spec) for d in pngs[:32]])
