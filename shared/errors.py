@@ -25,6 +25,7 @@ __all__ = [
     "RegistryUnavailable",
     "ModelIntegrityError",
     "ServiceUnavailable",
+    "NonFiniteAnswer",
     "PROBLEM_TYPE_BASE",
     "all_error_classes",
 ]
@@ -129,6 +130,10 @@ class ModelIntegrityError(SkyserveError):
 
 class ServiceUnavailable(SkyserveError):
     code, status, title = "service-unavailable", 503, "A backing service is unavailable"
+
+
+class NonFiniteAnswer(SkyserveError):
+    code, status, title = "non-finite-answer", 503, "The model gave no finite answer"
 
 
 def all_error_classes() -> list[type[SkyserveError]]:

@@ -3,14 +3,32 @@
 Both the trainer and the worker call :func:`preprocess`, so what a model sees in
 training is by construction what it sees when serving. Formats: PNG, JPEG, GIF,
 TIFF, WebP, BMP (via Pillow) and FITS (via astropy, asinh-stretched).
+
+Hostile input is handled here, on purpose, once:
+
+- **Non-finite pixels** (NaN, ±inf in float TIFFs and FITS: masked or blank pixels)
+  are *replaced* by the image's lowest finite value, i.e. treated as empty sky, so
+  a partly masked survey image still gets an answer; an image with no finite pixel
+  at all is refused (:class:`InvalidImage`). Nothing non-finite ever reaches a model.
+- **Shape**: besides the pixel limit (a decompression-bomb guard), an image whose
+  long side is more than :data:`MAX_ASPECT_RATIO` times its short side is refused,
+  and every axis of a FITS array is checked (and the data it declares must be in
+  the file), all from the header, before any pixel is decoded.
+- **Work bounded by the output**: :func:`to_model_input` never builds the padded
+  square at full resolution; it resizes only the strip that holds the image (plus
+  the filter's reach into the padding) straight into the model-sized square, which
+  gives the same array as pad-then-resize (to float rounding) at a cost bounded by
+  the decoded image and the model's input size.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -27,10 +45,17 @@ __all__ = [
     "preprocess",
     "tta_transform",
     "TTA_TRANSFORMS",
+    "MAX_ASPECT_RATIO",
 ]
 
 PILLOW_FORMATS = frozenset({"PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP"})
 _FITS_MAGIC = b"SIMPLE  ="
+#: Longest side over shortest side accepted. Past 20:1 the padded square of a 128 px
+#: model input holds a strip under 7 px tall: nothing a model can read, while the
+#: work to pad such an image grows with the square of its long side.
+MAX_ASPECT_RATIO = 20.0
+#: Planes a FITS array may hold beyond its image plane (a g/r/i cube has 3).
+_FITS_MAX_PLANES = 3
 # Truncated files must fail loudly, never be half-filled with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -61,6 +86,27 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
             height=height,
             max_pixels=max_pixels,
         )
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise InvalidImage(
+            f"The image is {width}x{height} pixels, {ratio:,.0f} times longer than it is "
+            f"wide; the limit is {MAX_ASPECT_RATIO:g}:1. Crop it around the object.",
+            width=width,
+            height=height,
+            max_aspect_ratio=MAX_ASPECT_RATIO,
+        )
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    """Replace NaN/±inf by the lowest finite value (empty sky); refuse all-non-finite."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return values
+    if not finite.any():
+        raise InvalidImage(
+            f"The {what} holds no finite pixel value (all NaN or infinite); send real pixels."
+        )
+    return np.where(finite, values, values[finite].min()).astype(values.dtype, copy=False)
 
 
 def _open_pillow(data: bytes, max_pixels: int) -> Image.Image:
@@ -88,24 +134,56 @@ def _open_pillow(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def _fits_image_hdu(hdul: Any, data_bytes: int, max_pixels: int) -> Any:
+    """The first HDU holding an image, with every axis checked from its header.
+
+    Its last two axes are the image (width, height: pixel limit and aspect ratio);
+    any axes before them may hold at most :data:`_FITS_MAX_PLANES` planes in all,
+    and the pixel data the header declares must fit in the file (a 64x64x2,000,000
+    cube declared in a few kB is refused here, before anything is allocated).
+    """
+    for hdu in hdul:
+        header = hdu.header
+        if header.get("XTENSION", "IMAGE").strip() not in ("IMAGE", "BINTABLE"):
+            continue
+        shape = tuple(int(n) for n in (getattr(hdu, "shape", None) or ()))
+        if len(shape) < 2:
+            continue
+        if any(n <= 0 for n in shape):
+            raise InvalidImage(f"The FITS image declares an empty axis: shape {shape}.")
+        planes = math.prod(shape[:-2])
+        _check_pixels(shape[-1], shape[-2], max_pixels)
+        if planes > _FITS_MAX_PLANES:
+            raise InvalidImage(
+                f"The FITS array has shape {shape}: {planes:,} image planes. skyserve reads one "
+                f"plane, or {_FITS_MAX_PLANES} as colour channels; send the plane to use.",
+                shape=list(shape),
+            )
+        compressed = type(hdu).__name__ == "CompImageHDU"
+        declared = math.prod(shape) * abs(int(header.get("BITPIX", 8))) // 8
+        if not compressed and declared > data_bytes:
+            raise InvalidImage(
+                f"The FITS header declares {declared:,} bytes of pixels (shape {shape}) but the "
+                f"file holds only {data_bytes:,} bytes: it is truncated or its header is wrong.",
+            )
+        return hdu
+    raise InvalidImage(
+        "The FITS file has no HDU with a 2-D image (1-D data and tables are not images)."
+    )
+
+
 def _fits_array(data: bytes, max_pixels: int) -> np.ndarray:
     from astropy.io import fits
 
     try:
-        with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hdul:
-            for hdu in hdul:
-                shape = getattr(hdu, "shape", None) or ()
-                if len(shape) >= 2:
-                    _check_pixels(int(shape[-1]), int(shape[-2]), max_pixels)
-                    array = np.asarray(hdu.data, dtype=np.float32)
-                    break
-            else:
-                raise InvalidImage("The FITS file has no HDU with a 2-D image.")
-    except InvalidImage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy warns on odd headers; errors decide
+            with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hdul:
+                hdu = _fits_image_hdu(hdul, len(data), max_pixels)
+                array = np.asarray(hdu.data, dtype=np.float32)
+    except (InvalidImage, ImageTooLarge):
         raise
-    except ImageTooLarge:
-        raise
-    except (OSError, ValueError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise InvalidImage(f"The FITS file cannot be read: {exc}") from exc
     if array.ndim == 3 and array.shape[0] == 3:
         array = np.moveaxis(array, 0, -1)  # a g/r/i cube becomes RGB
@@ -115,15 +193,18 @@ def _fits_array(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def _asinh_stretch(array: np.ndarray) -> np.ndarray:
-    """Map raw fluxes to [0, 1] with a percentile interval and an asinh stretch."""
-    from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+    """Map raw fluxes to [0, 1] with a percentile interval and an asinh stretch.
 
-    finite = np.isfinite(array)
-    if not finite.any():
-        raise InvalidImage("The FITS image holds no finite pixel values.")
-    array = np.where(finite, array, np.nanmin(np.where(finite, array, np.inf)))
-    norm = ImageNormalize(array, interval=PercentileInterval(99.5), stretch=AsinhStretch(0.1))
-    out = np.clip(np.asarray(norm(array), dtype=np.float32), 0.0, 1.0)
+    The interval and the stretch are applied directly (not through
+    ``ImageNormalize``, which needs matplotlib): the serving extras do not have it.
+    """
+    from astropy.visualization import AsinhStretch, PercentileInterval
+
+    array = _finite(array, "FITS image")
+    vmin, vmax = PercentileInterval(99.5).get_limits(array)
+    scaled = (array - vmin) / (vmax - vmin) if vmax > vmin else np.zeros_like(array)
+    # asinh maps [0, 1] onto [0, 1] monotonically, so clipping first changes nothing.
+    out = AsinhStretch(0.1)(np.clip(scaled, 0.0, 1.0), clip=True).astype(np.float32)
     return out if out.ndim == 3 else np.repeat(out[..., None], 3, axis=-1)
 
 
@@ -137,8 +218,10 @@ def _pillow_array(img: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return _grey(np.asarray(img, dtype=np.float32) / 65535.0)
     if mode in ("I", "F"):
-        values = np.asarray(img, dtype=np.float32)
-        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        values = _finite(np.asarray(img, dtype=np.float32), "image")
+        lo, hi = float(values.min()), float(values.max())
+        if not np.isfinite(hi - lo):  # e.g. -3e38 and 3e38: the span overflows float32
+            values = values.astype(np.float64)
         return _grey((values - lo) / (hi - lo) if hi > lo else np.zeros_like(values))
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -152,7 +235,9 @@ def _pillow_array(img: Image.Image) -> np.ndarray:
         return _grey(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
     elif img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.float32) / 255.0
+    array = np.asarray(img, dtype=np.float32)
+    array /= 255.0  # in place: one float copy of the image, not two
+    return array
 
 
 def _grey(plane: np.ndarray) -> np.ndarray:
@@ -170,14 +255,16 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
         from astropy.io import fits
 
         try:
-            header = fits.getheader(io.BytesIO(data))
-        except (OSError, ValueError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hdul:
+                    hdu = _fits_image_hdu(hdul, len(data), max_pixels)
+                    shape, bitpix = hdu.shape, hdu.header.get("BITPIX")
+        except (InvalidImage, ImageTooLarge):
+            raise
+        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise InvalidImage(f"The FITS header cannot be read: {exc}") from exc
-        naxis = int(header.get("NAXIS", 0))
-        width, height = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
-        if naxis >= 2:
-            _check_pixels(width, height, max_pixels)
-        return ImageInfo("FITS", width, height, f"BITPIX={header.get('BITPIX')}")
+        return ImageInfo("FITS", int(shape[-1]), int(shape[-2]), f"BITPIX={bitpix}")
     img = _open_pillow(data, max_pixels)
     return ImageInfo(img.format or "?", img.width, img.height, img.mode, getattr(img, "n_frames", 1))
 
@@ -200,6 +287,13 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
 def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Pad to square (never stretch: inclination lives in the ellipticity) and resize.
 
+    The result is what padding the image with black to a square and resizing that
+    square (bilinear, antialiased when shrinking) gives, but the square is never
+    built: only the strip holding the image, plus the filter's reach into the
+    padding, is resized, straight into its rows (or columns) of the output. Work
+    and memory are bounded by the image and ``spec.size``, not by the square of the
+    image's long side.
+
     Parameters
     ----------
     image
@@ -211,31 +305,84 @@ def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     -------
     numpy.ndarray
         ``(size, size, channels)`` float32, scaled as the spec says.
+
+    Raises
+    ------
+    InvalidImage
+        If the array holds a non-finite value (:func:`decode_image` never gives one).
     """
+    if not np.isfinite(image).all():
+        raise InvalidImage("The image holds NaN or infinite pixel values.")
     height, width = image.shape[:2]
-    side = max(height, width)
-    square = np.zeros((side, side, 3), dtype=np.float32)
-    top, left = (side - height) // 2, (side - width) // 2
-    square[top : top + height, left : left + width] = image
-    if side != spec.size:
-        # Pillow's resampling filters widen their support when shrinking: it antialiases.
-        square = np.stack(
-            [
-                np.asarray(
-                    Image.fromarray(np.ascontiguousarray(square[..., c])).resize(
-                        (spec.size, spec.size), Image.Resampling.BILINEAR
-                    )
-                )
-                for c in range(3)
-            ],
-            axis=-1,
-        )
+    side, size = max(height, width), spec.size
+    rows = _axis_plan(height, side, size)
+    cols = _axis_plan(width, side, size)
+    out = np.zeros((size, size, 3), dtype=np.float32)
+    if side == size:  # nothing to resize: just centre it in the square
+        out[rows.pad_before : rows.pad_before + height, cols.pad_before : cols.pad_before + width] = image
+    else:
+        strip_h = rows.margin_before + height + rows.margin_after
+        strip_w = cols.margin_before + width + cols.margin_after
+        box = (cols.box[0], rows.box[0], cols.box[1], rows.box[1])
+        out_size = (cols.out[1] - cols.out[0], rows.out[1] - rows.out[0])
+        for c in range(3):
+            # One channel at a time, in Pillow's float mode: the padded strip is the
+            # only full-resolution copy made.
+            strip = np.zeros((strip_h, strip_w), dtype=np.float32)
+            strip[rows.margin_before : rows.margin_before + height,
+                  cols.margin_before : cols.margin_before + width] = image[..., c]
+            # Pillow's resampling filters widen their support when shrinking: it antialiases.
+            resized = Image.fromarray(strip).resize(out_size, Image.Resampling.BILINEAR, box=box)
+            out[rows.out[0] : rows.out[1], cols.out[0] : cols.out[1], c] = np.asarray(resized)
     if spec.channels == 1:
-        square = square.mean(axis=-1, keepdims=True)
-    square = np.clip(square, 0.0, 1.0)
+        out = out.mean(axis=-1, keepdims=True)
+    out = np.clip(out, 0.0, 1.0)
     if spec.scaling == "symmetric":
-        square = square * 2.0 - 1.0
-    return square.astype(np.float32, copy=False)
+        out = out * 2.0 - 1.0
+    return out.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """How one axis of the image maps into the output square."""
+
+    pad_before: int  # black pixels before the image in the full-resolution square
+    margin_before: int  # of those, how many the resized strip carries
+    margin_after: int
+    out: tuple[int, int]  # output pixels [start, stop) the image can reach
+    box: tuple[float, float]  # the source interval (strip coordinates) they cover
+
+
+def _axis_plan(length: int, side: int, size: int) -> _AxisPlan:
+    """Plan one axis: which output pixels can see the image, and from which source span.
+
+    Pillow's bilinear filter (support 1, widened by the shrink factor) centres output
+    pixel ``i`` at ``(i + 0.5) * scale`` in the square and reads the source pixels
+    within its support. Output pixels whose support misses the image are black; the
+    others read the image plus at most ``support + 1`` pixels of padding on each side.
+    The strip keeps twice that margin (or the whole padding when it is smaller), so
+    every tap — and where the square ends, every clipping of the filter — falls
+    exactly where it would in the full square.
+    """
+    pad_before = (side - length) // 2
+    pad_after = side - length - pad_before
+    scale = side / size
+    support = max(scale, 1.0)  # bilinear support 1.0, times the filter scale
+    reach = 2.0 * support + scale + 2.0
+    if pad_before == 0 and pad_after == 0:
+        return _AxisPlan(0, 0, 0, (0, size), (0.0, float(side)))
+    first = max(0, math.floor((pad_before - support - 1.0) / scale - 0.5))
+    stop = min(size, math.ceil((pad_before + length + support + 1.0) / scale - 0.5) + 1)
+    margin_before = min(pad_before, math.ceil(reach))
+    margin_after = min(pad_after, math.ceil(reach))
+    shift = pad_before - margin_before  # square coordinate of the strip's first pixel
+    box = (first * scale - shift, stop * scale - shift)
+    strip = margin_before + length + margin_after
+    # Float rounding must not push the box past the strip (Pillow refuses that).
+    return _AxisPlan(
+        pad_before, margin_before, margin_after, (first, stop),
+        (max(box[0], 0.0), min(box[1], float(strip))),
+    )
 
 
 def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int = 50_000_000) -> np.ndarray:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
 
 from shared.registry import Calibration
 
@@ -32,6 +33,16 @@ __all__ = [
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock job records use."""
     return datetime.now(UTC)
+
+
+def _null_as_nan(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+#: A number in a stored answer. JSON has no NaN: pydantic writes a non-finite float as
+#: ``null``, so reading ``null`` back as NaN keeps every stored record readable (the
+#: worker never stores a non-finite answer as a success; this guards older records).
+AnswerFloat = Annotated[float, BeforeValidator(_null_as_nan)]
 
 
 class JobStatus(StrEnum):
@@ -107,18 +118,18 @@ class MemberAnswer(BaseModel):
     member: str
     architecture: str
     value: float | None = Field(default=None, description="Regression value, calibrated.")
-    tta_values: list[float] | None = Field(
+    tta_values: list[AnswerFloat] | None = Field(
         default=None, description="Regression value per test-time transform, before the median."
     )
-    probabilities: dict[str, float] | None = None
+    probabilities: dict[str, AnswerFloat] | None = None
 
 
 class QuestionResult(BaseModel):
     """A decision-tree question: expected vote fractions and how likely it is asked."""
 
-    reached: float = Field(description="Probability that a volunteer is asked this question.")
-    fractions: dict[str, float]
-    spread: dict[str, float]
+    reached: AnswerFloat = Field(description="Probability that a volunteer is asked this question.")
+    fractions: dict[str, AnswerFloat]
+    spread: dict[str, AnswerFloat]
 
 
 class TaskResult(BaseModel):
@@ -133,11 +144,11 @@ class TaskResult(BaseModel):
         description="Headline answer: ensemble median (regression), most likely class "
         "(classification), probability of the first label (multilabel).",
     )
-    summary: dict[str, float] | None = Field(
+    summary: dict[str, AnswerFloat] | None = Field(
         default=None, description="Regression: mean, median, stdev, min, max over members."
     )
-    probabilities: dict[str, float] | None = None
-    spread: dict[str, float] | None = Field(
+    probabilities: dict[str, AnswerFloat] | None = None
+    spread: dict[str, AnswerFloat] | None = Field(
         default=None, description="Standard deviation of each probability over members/samples."
     )
     questions: dict[str, QuestionResult] | None = None

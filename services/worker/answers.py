@@ -8,15 +8,17 @@ one batch per task, and a single job is simply a batch of one.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from services.worker.inference import predict as predict_images
 from services.worker.runtime import WorkerRuntime
 from services.worker.sessions import LoadedModel
-from shared.errors import InvalidRequest, UnknownTask
+from shared.errors import InvalidRequest, NonFiniteAnswer, UnknownTask
 from shared.preprocessing import preprocess
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
@@ -130,6 +132,11 @@ def answer(
     ------
     ModelIntegrityError
         If a model's outputs do not fit its task.
+    NonFiniteAnswer
+        If an answer holds NaN or infinity. Inputs are finite and in [0, 1] (the
+        preprocessing guarantees it), so this is a broken model version and every
+        row of a batch would get it: the whole job or chunk fails, nothing non-finite
+        is stored as a success.
     """
     answers: list[dict[str, TaskResult]] = [{} for _ in images]
     if not images:
@@ -139,7 +146,31 @@ def answer(
         batch = np.stack([image[key] for image in images])
         results = predict_images(definitions[name], model, batch, max_batch_size=max_batch_size)
         for slot, result in zip(answers, results, strict=True):
+            if not _finite(result.model_dump()):
+                raise NonFiniteAnswer(
+                    f"Version {model.version} of {name!r} answered NaN or infinity for this "
+                    "image, so no result is stored. The model is faulty; an operator has to "
+                    "replace it (pin another version with 'versions' meanwhile).",
+                    task=name,
+                    model_version=model.version,
+                )
             slot[name] = result
         if watch is not None:
             watch.lap(f"infer:{name}")
     return answers
+
+
+def _numbers(value: Any) -> Iterator[float]:
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _numbers(item)
+
+
+def _finite(dumped: dict[str, Any]) -> bool:
+    """Whether every number in a dumped answer is finite."""
+    return all(math.isfinite(number) for number in _numbers(dumped))
