@@ -26,6 +26,12 @@ __all__ = [
     "ModelIntegrityError",
     "ServiceUnavailable",
     "NonFiniteAnswer",
+    "Unauthenticated",
+    "Forbidden",
+    "RateLimited",
+    "TooManyJobs",
+    "RequestTooLarge",
+    "RequestTimeout",
     "PROBLEM_TYPE_BASE",
     "all_error_classes",
 ]
@@ -134,6 +140,34 @@ class ServiceUnavailable(SkyserveError):
 
 class NonFiniteAnswer(SkyserveError):
     code, status, title = "non-finite-answer", 503, "The model gave no finite answer"
+
+
+class Unauthenticated(SkyserveError):
+    code, status, title = "unauthenticated", 401, "An API key is required"
+
+
+class Forbidden(SkyserveError):
+    code, status, title = "forbidden", 403, "This API key may not do that"
+
+
+class RateLimited(SkyserveError):
+    """Too many requests; ``retry_after`` (seconds) becomes the ``Retry-After`` header."""
+
+    code, status, title = "rate-limited", 429, "Too many requests"
+
+
+class TooManyJobs(SkyserveError):
+    """Too many unfinished jobs for one key; ``retry_after`` as for :class:`RateLimited`."""
+
+    code, status, title = "too-many-jobs", 429, "Too many unfinished jobs"
+
+
+class RequestTooLarge(SkyserveError):
+    code, status, title = "request-too-large", 413, "The request body is too large"
+
+
+class RequestTimeout(SkyserveError):
+    code, status, title = "request-timeout", 503, "The request took too long"
 
 
 def all_error_classes() -> list[type[SkyserveError]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -27,6 +29,7 @@ __all__ = [
     "BatchRowResult",
     "Batch",
     "utcnow",
+    "check_target_query",
 ]
 
 
@@ -43,6 +46,35 @@ def _null_as_nan(value: Any) -> Any:
 #: ``null``, so reading ``null`` back as NaN keeps every stored record readable (the
 #: worker never stores a non-finite answer as a success; this guards older records).
 AnswerFloat = Annotated[float, BeforeValidator(_null_as_nan)]
+
+
+_PGC_NUMBER = re.compile(r"^(?:(?:PGC|LEDA)\s*)?[0-9]{1,9}$", re.IGNORECASE)
+_MAX_NAME = 200
+
+
+def check_target_query(query: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Refuse target fields no catalogue could hold, before any lookup.
+
+    ``pgc`` is 1-9 ASCII digits (``"PGC 2557"`` and ``"LEDA 2557"`` too); names
+    are at most 200 characters. Anything else is a client mistake, not a search.
+
+    Raises
+    ------
+    ValueError
+        With what to send instead (pydantic turns it into a 422).
+    """
+    pgc = query.get("pgc")
+    if pgc not in (None, ""):
+        if isinstance(pgc, bool) or not _PGC_NUMBER.match(str(pgc).strip()):
+            raise ValueError(
+                f"pgc must be a PGC number of 1 to 9 digits (0-9), e.g. 2557 or 'PGC 2557'; "
+                f"got {str(pgc)[:40]!r}."
+            )
+    for field in ("name", "target"):
+        value = query.get(field)
+        if value is not None and len(str(value)) > _MAX_NAME:
+            raise ValueError(f"{field} is longer than {_MAX_NAME} characters; no object is named so.")
+    return query
 
 
 class JobStatus(StrEnum):

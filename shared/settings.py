@@ -55,6 +55,12 @@ class SkyserveSettings(BaseSettings):
         description="Largest accepted image (width x height); guards against decompression bombs.",
     )
     celery_queue: str = Field(default="skyserve", description="Celery queue the jobs go to.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="'json': one JSON object per log line with request/job ids (for log "
+        "shippers); 'text': plain lines for people.",
+    )
+    log_level: str = Field(default="INFO", description="Level of skyserve's own loggers.")
     visibility_timeout_seconds: int = Field(
         default=3600,
         gt=0,
@@ -82,6 +88,12 @@ class SkyserveSettings(BaseSettings):
     )
     cutout_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Connect/read timeout of each cutout request."
+    )
+    cutout_allow_private_addresses: bool = Field(
+        default=False,
+        description="Let outbound fetches reach private, loopback and link-local addresses "
+        "(a host on the allowlist may still resolve to one). Off in deployments: it closes "
+        "server-side request forgery through DNS; tests turn it on for their local servers.",
     )
     cutout_retries: int = Field(
         default=2, ge=0, description="Extra attempts after a timeout, connection error or 5xx."

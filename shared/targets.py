@@ -74,7 +74,9 @@ def resolve_target(query: Mapping[str, Any], resolver: Resolver) -> TargetInput:
     if pgc not in (None, ""):
         text = str(pgc).strip()
         digits = text.upper().removeprefix("PGC").strip()
-        obj = resolver.resolve_pgc(int(digits)) if digits.isdigit() else resolver.resolve(text)
+        # ASCII digits only, and few of them: '²'.isdigit() is True and int() refuses it.
+        number = digits.isascii() and digits.isdigit() and len(digits) <= 9
+        obj = resolver.resolve_pgc(int(digits)) if number else resolver.resolve(text[:200])
     elif name not in (None, ""):
         obj = resolver.resolve(str(name))
     elif query.get("ra") not in (None, "") and query.get("dec") not in (None, ""):

@@ -7,25 +7,29 @@ TensorFlow nor ONNX Runtime.
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import FastAPI, Request, Response
-from prometheus_client import make_asgi_app
+from fastapi import FastAPI
 
-from services.api.metrics import REQUEST_SECONDS
-from services.api.problems import install_problem_handlers
+from services.api.access_log import AccessLogMiddleware
+from services.api.limits import ActiveJobs, BodyLimitMiddleware, RateLimiter, TimeoutMiddleware
+from services.api.problems import CatchAllMiddleware, install_problem_handlers
 from services.api.queue import JobQueue
-from services.api.routes import batches, health, jobs, models, web
+from services.api.routes import batches, health, jobs, metrics, models, web
 from services.api.settings import ApiSettings, get_settings
+from shared.apikeys import KeyStore
 from shared.batchstore import BatchStore
 from shared.jobstore import JobStore
+from shared.logs import configure_logging
 from shared.registry import RegistryReader
 from shared.schemas import Problem
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("skyserve.api")
 
 DESCRIPTION = """
 skyserve answers questions about sky images — a spiral galaxy's inclination, whether a
@@ -50,6 +54,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_format, settings.log_level)
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
         )
@@ -62,6 +67,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         app.state.registry = RegistryReader(settings.models_dir)
         app.state.queue = JobQueue(settings)
+        app.state.keys = KeyStore(client, prefix=settings.key_prefix)
+        app.state.rate_limiter = RateLimiter(
+            client, prefix=settings.key_prefix, per_minute=settings.rate_limit_per_minute
+        )
+        app.state.active_jobs = ActiveJobs(
+            client,
+            prefix=settings.key_prefix,
+            limit=settings.max_active_jobs_per_key,
+            ttl_seconds=settings.job_ttl_seconds,
+        )
+        if settings.auth_mode == "open":
+            log.warning(
+                "auth: OPEN - no API keys; anyone who reaches this port can submit and read "
+                "every job. For one user on loopback only (SKYSERVE_AUTH_MODE=keys otherwise)."
+            )
+        else:
+            log.info(
+                "auth: keys - API keys required (rate %s/min, %s unfinished jobs per key)",
+                settings.rate_limit_per_minute or "unlimited",
+                settings.max_active_jobs_per_key or "unlimited",
+            )
         try:
             yield
         finally:
@@ -86,20 +112,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(web.router)
-    app.mount("/metrics", make_asgi_app())
-
-    @app.middleware("http")
-    async def _time_requests(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        REQUEST_SECONDS.labels(
-            method=request.method,
-            route=getattr(route, "path", "unmatched"),
-            status=str(response.status_code),
-        ).observe(time.perf_counter() - start)
-        return response
+    # Outermost last: the access log sees every answer, the catch-all answers a bug's
+    # 500 without dropping the connection, then the time and body limits.
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_seconds)
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(AccessLogMiddleware)
 
     # Problem appears only in `responses=`; register it so the $ref resolves.
     _openapi = app.openapi

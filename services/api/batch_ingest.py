@@ -3,6 +3,10 @@
 A CSV of 100,000 rows is read from the spooled upload one line at a time; rows are
 checked for shape only (the worker resolves names and fetches images) and written
 to Redis a chunk at a time, so the API's memory does not grow with the catalog.
+JSON catalogs are read the same way, one row object at a time (:func:`json_source`),
+never parsed whole. A zip is checked entry by entry before anything is unpacked:
+entry count, declared sizes, compression ratio, encryption and compression method;
+a corrupt entry is a ``422`` that names it.
 """
 
 from __future__ import annotations
@@ -10,17 +14,52 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import IO, Any
 
 from shared.batchstore import BatchStore
-from shared.errors import ImageTooLarge, InvalidRequest, SkyserveError
+from shared.errors import ImageTooLarge, InvalidRequest, RequestTooLarge, SkyserveError
 from shared.schemas import BatchRow, Problem
 from shared.targets import LOCATOR_COLUMNS, row_locator
 
-__all__ = ["csv_rows", "json_rows", "zip_rows", "ingest", "parse_json_body"]
+__all__ = [
+    "csv_rows",
+    "json_rows",
+    "json_source",
+    "open_zip",
+    "zip_rows",
+    "ingest",
+    "parse_json_body",
+    "ZIP_ERRORS",
+]
+
+#: What zipfile raises on a broken archive or entry (bad CRC, truncation, unknown methods).
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,  # "File ... is encrypted, password required"
+)
+_ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+#: Entries smaller than this are never called bombs, whatever their ratio (a CSV of
+#: repeated ids compresses well).
+_RATIO_FLOOR = 1024 * 1024
+#: Largest single JSON value (a row object, the task list) read at once.
+_MAX_JSON_ITEM = 1024 * 1024
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp", ".bmp", ".fits", ".fit"}
 _EXTRA = "\0extra"
@@ -101,10 +140,249 @@ def json_rows(items: Any) -> tuple[list[str], Iterator[tuple[dict[str, str], str
     return columns, rows()
 
 
+class _JsonStream:
+    """Reads one JSON value at a time from a byte stream, with at most one value in memory."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict")
+        self._buf = ""
+        self._pos = 0
+        self._eof = False
+        self._decoder = json.JSONDecoder()
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        try:
+            chunk = self._text.read(64 * 1024)
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"The JSON is not UTF-8: {exc}") from None
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos :] + chunk
+        self._pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next non-blank character ('' at the end)."""
+        while True:
+            while self._pos < len(self._buf) and self._buf[self._pos] in " \t\r\n":
+                self._pos += 1
+            if self._pos < len(self._buf):
+                return self._buf[self._pos]
+            if not self._fill():
+                return ""
+
+    def expect(self, char: str, where: str) -> None:
+        found = self.peek()
+        if found != char:
+            shown = repr(found) if found else "the end of the file"
+            raise InvalidRequest(f"The JSON is malformed: expected {char!r} {where}, found {shown}.")
+        self._pos += 1
+
+    def value(self) -> Any:
+        """Decode the next value, reading more of the stream until it is complete."""
+        self.peek()
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                if len(self._buf) - self._pos > _MAX_JSON_ITEM:
+                    raise RequestTooLarge(
+                        f"A value in the JSON is larger than {_MAX_JSON_ITEM:,} bytes; rows "
+                        "must be small objects.", max_bytes=_MAX_JSON_ITEM,
+                    ) from None
+                if not self._fill():
+                    raise InvalidRequest(f"The JSON is malformed: {exc.msg} (at character {exc.pos}).") from None
+                continue
+            # A number that ends the buffer may go on in the next read ("12" | "34").
+            if end == len(self._buf) and not self._eof and self._fill():
+                continue
+            self._pos = end
+            return value
+
+    def array(self, where: str) -> Iterator[Any]:
+        """The items of the array that starts here, one at a time."""
+        self.expect("[", where)
+        if self.peek() == "]":
+            self._pos += 1
+            return
+        while True:
+            yield self.value()
+            if self.peek() == ",":
+                self._pos += 1
+                continue
+            self.expect("]", f"after an item {where}")
+            return
+
+    def release(self) -> None:
+        """Let go of the byte stream without closing it (a second pass reads it again)."""
+        self._text.detach()
+
+    def end(self) -> None:
+        if self.peek():
+            raise InvalidRequest("The JSON has more after its end; send one object or one list.")
+
+
+def json_source(
+    stream: IO[bytes],
+) -> tuple[dict[str, Any], list[str], Iterator[tuple[dict[str, str], str | None]]]:
+    """A JSON catalog — a list of row objects, or ``{"rows": [...], ...}`` — read lazily.
+
+    The stream must be seekable (the spooled upload): a first pass collects the
+    columns and the other members (``tasks``, ``versions``, ``id_column``), a second
+    yields the rows. Neither holds more than one row in memory.
+
+    Returns
+    -------
+    (options, columns, rows)
+        ``options`` holds the object's members other than ``rows``; ``rows`` yields
+        ``(values, problem)`` like :func:`csv_rows`.
+
+    Raises
+    ------
+    InvalidRequest, RequestTooLarge
+        Not JSON, not a list or an object with ``rows``, or a single value over 1 MB.
+    """
+    start = stream.tell()
+    options: dict[str, Any] = {}
+    columns: list[str] = []
+    seen: set[str] = set()
+    count = 0
+    for item in _json_items(stream, options):
+        count += 1
+        if isinstance(item, dict):
+            for key in item:
+                if key not in seen:
+                    seen.add(key)
+                    columns.append(str(key))
+    if count == 0:
+        raise InvalidRequest('Send a JSON list of row objects, or {"rows": [...]} with at least one row.')
+
+    def rows() -> Iterator[tuple[dict[str, str], str | None]]:
+        stream.seek(start)
+        for n, item in enumerate(_json_items(stream, {})):
+            if not isinstance(item, dict):
+                yield {}, f"Row {n} is a {type(item).__name__}, not an object."
+                continue
+            yield {str(k): "" if v is None else str(v) for k, v in item.items()}, None
+
+    return options, columns, rows()
+
+
+def _json_items(stream: IO[bytes], options: dict[str, Any]) -> Iterator[Any]:
+    reader = _JsonStream(stream)
+    try:
+        yield from _json_document(reader, options)
+    finally:
+        reader.release()
+
+
+def _json_document(reader: _JsonStream, options: dict[str, Any]) -> Iterator[Any]:
+    first = reader.peek()
+    if first == "[":
+        yield from reader.array("at the start of the row list")
+    elif first == "{":
+        reader.expect("{", "")
+        found_rows = False
+        while reader.peek() != "}":
+            key = reader.value()
+            if not isinstance(key, str):
+                raise InvalidRequest("The JSON is malformed: an object key is not a string.")
+            reader.expect(":", f"after the key {key[:40]!r}")
+            if key == "rows":
+                found_rows = True
+                if reader.peek() != "[":
+                    raise InvalidRequest('"rows" must be a list of row objects.')
+                yield from reader.array('in "rows"')
+            else:
+                options[key] = reader.value()
+            if reader.peek() == ",":
+                reader.expect(",", "")
+        reader.expect("}", "at the end of the object")
+        if not found_rows:
+            raise InvalidRequest('The JSON object has no "rows": send {"rows": [{...}, ...]}.')
+    else:
+        raise InvalidRequest('Send a JSON list of row objects, or {"rows": [...]}.')
+    reader.end()
+
+
+def open_zip(source: IO[bytes]) -> zipfile.ZipFile:
+    """Open an uploaded zip, or say clearly why it is not one.
+
+    Raises
+    ------
+    InvalidRequest
+    """
+    try:
+        return zipfile.ZipFile(source)
+    except ZIP_ERRORS as exc:
+        raise InvalidRequest(f"The upload is not a valid zip file: {exc}") from exc
+
+
+def _check_entries(
+    members: list[zipfile.ZipInfo], *, max_entries: int, max_file_bytes: int, max_total_bytes: int,
+    max_ratio: float,
+) -> None:
+    if len(members) > max_entries:
+        raise ImageTooLarge(
+            f"The zip holds {len(members):,} files; the limit is {max_entries:,}. Split it.",
+            max_entries=max_entries,
+        )
+    total = sum(i.file_size for i in members)
+    if total > max_total_bytes:
+        raise ImageTooLarge(
+            f"The zip unpacks to {total:,} bytes; the limit is {max_total_bytes:,}.",
+            max_bytes=max_total_bytes,
+        )
+    for info in members:
+        name = info.filename[:200]
+        if info.flag_bits & 0x1:
+            raise InvalidRequest(
+                f"The zip's entry {name!r} is encrypted; skyserve cannot read password-protected "
+                "zips. Zip the files without a password."
+            )
+        if info.compress_type not in _ZIP_METHODS:
+            raise InvalidRequest(
+                f"The zip's entry {name!r} uses compression method {info.compress_type}, which "
+                f"skyserve cannot unpack; use {', '.join(_ZIP_METHODS.values())} (deflate is the default)."
+            )
+        if info.file_size > _RATIO_FLOOR and info.file_size > max_ratio * max(info.compress_size, 1):
+            raise ImageTooLarge(
+                f"The zip's entry {name!r} expands {info.file_size / max(info.compress_size, 1):,.0f}"
+                f" times ({info.compress_size:,} → {info.file_size:,} bytes); more than "
+                f"{max_ratio:g} times is refused as a zip bomb.",
+            )
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        with archive.open(info) as handle:
+            # zipfile stops at the declared size and checks the CRC at the end.
+            return handle.read()
+    except ZIP_ERRORS as exc:
+        raise InvalidRequest(
+            f"The zip's entry {info.filename[:200]!r} cannot be unpacked ({exc}); the zip is "
+            "corrupt. Make it again."
+        ) from exc
+
+
 def zip_rows(
-    archive: zipfile.ZipFile, *, store: BatchStore, batch_id: str, max_file_bytes: int, max_total_bytes: int
+    archive: zipfile.ZipFile,
+    *,
+    store: BatchStore,
+    batch_id: str,
+    max_file_bytes: int,
+    max_total_bytes: int,
+    max_entries: int = 10_000,
+    max_ratio: float = 200.0,
 ) -> tuple[list[str], Iterator[tuple[dict[str, str], str | None]], set[str]]:
     """Store a zip's images and return its rows: ``catalog.csv`` inside, else one row per image.
+
+    Every entry is checked before any is unpacked (count, sizes, ratio, encryption,
+    compression method); an image entry over ``max_file_bytes`` is skipped and its
+    row fails with the reason.
 
     Returns
     -------
@@ -113,15 +391,18 @@ def zip_rows(
     Raises
     ------
     ImageTooLarge
-        If the archive would unpack past ``max_total_bytes`` (a zip bomb) .
+        Too many entries, an expanded size past ``max_total_bytes``, or a zip bomb.
+    InvalidRequest
+        An encrypted, corrupt (bad CRC) or unsupported (compression method) entry.
     """
-    members = [i for i in archive.infolist() if not i.is_dir()]
-    total = sum(i.file_size for i in members)
-    if total > max_total_bytes:
-        raise ImageTooLarge(
-            f"The zip unpacks to {total:,} bytes; the limit is {max_total_bytes:,}.",
-            max_bytes=max_total_bytes,
-        )
+    try:
+        members = [i for i in archive.infolist() if not i.is_dir()]
+    except ZIP_ERRORS as exc:
+        raise InvalidRequest(f"The zip's directory cannot be read: {exc}") from exc
+    _check_entries(
+        members, max_entries=max_entries, max_file_bytes=max_file_bytes,
+        max_total_bytes=max_total_bytes, max_ratio=max_ratio,
+    )
     images = {}
     catalog = None
     for info in members:
@@ -131,10 +412,22 @@ def zip_rows(
         elif name.suffix.lower() in _IMAGE_SUFFIXES and not name.name.startswith("."):
             if info.file_size > max_file_bytes:
                 continue  # its row fails below with the reason
-            store.put_file(batch_id, info.filename, archive.read(info))
+            store.put_file(batch_id, info.filename, _read_entry(archive, info))
             images[info.filename] = info
     if catalog is not None:
-        columns, rows = csv_rows(archive.open(catalog))
+        # Unpacked whole (and so CRC-checked) before parsing: a corrupt catalog is a
+        # clear 422 now, not an error halfway through the rows.
+        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+        try:
+            with archive.open(catalog) as handle:
+                shutil.copyfileobj(handle, spool)
+        except ZIP_ERRORS as exc:
+            spool.close()
+            raise InvalidRequest(
+                f"The zip's catalog.csv cannot be unpacked ({exc}); the zip is corrupt."
+            ) from exc
+        spool.seek(0)
+        columns, rows = csv_rows(spool)
         return columns, rows, set(images)
     if not images:
         raise InvalidRequest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 
@@ -36,6 +37,41 @@ class ApiSettings(SkyserveSettings):
     )
     worker_stale_seconds: float = Field(
         default=30.0, gt=0, description="A worker heartbeat older than this does not count as ready."
+    )
+
+    # --- Security and limits (services/api/auth.py, services/api/limits.py) -----------
+    auth_mode: Literal["open", "keys"] = Field(
+        default="open",
+        description="'keys': every job and batch call needs 'Authorization: Bearer <key>' "
+        "(keys made with skyserve-admin); 'open': no keys, for one user on loopback "
+        "(make run). The compose deployment sets 'keys'.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=1200, ge=0,
+        description="Requests one API key may make per minute (fixed window in Redis); "
+        "past it: 429 with Retry-After. 0 = unlimited. Not applied in open mode.",
+    )
+    max_active_jobs_per_key: int = Field(
+        default=100, ge=0,
+        description="Unfinished jobs plus batches one key may have; past it: 429 with "
+        "Retry-After. 0 = unlimited. Not applied in open mode.",
+    )
+    max_json_body_bytes: int = Field(
+        default=64 * 1024, gt=0,
+        description="Largest JSON body of POST /v1/jobs (a target and task names).",
+    )
+    max_zip_entries: int = Field(
+        default=10_000, gt=0, description="Most files in one uploaded zip."
+    )
+    max_zip_ratio: float = Field(
+        default=200.0, gt=1,
+        description="Largest expanded/compressed size ratio of a zip entry over 1 MB "
+        "(images hardly compress; a bigger ratio is a zip bomb).",
+    )
+    request_timeout_seconds: float = Field(
+        default=300.0, gt=0,
+        description="A request that has not started its answer after this long gets 503 "
+        "(uploads included; long polls are capped well below it by max_wait_seconds).",
     )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 
 from services.api.metrics import JOBS_SUBMITTED
 from services.api.queue import JobQueue
@@ -16,16 +17,43 @@ from shared.schemas import ImageInput, Job
 from shared.targets import resolve_target
 from shared.taskdefs import load_task_definitions
 
-__all__ = ["parse_task_list", "parse_versions", "resolve_tasks", "submit_image", "submit_target"]
+__all__ = [
+    "parse_task_list",
+    "parse_versions",
+    "check_versions",
+    "resolve_tasks",
+    "submit_image",
+    "submit_target",
+]
 
 
-def parse_task_list(values: list[str] | None) -> list[str]:
-    """Accept ``tasks`` repeated or comma-separated; keep order, drop duplicates."""
+_TASK_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
+# ASCII digits only: str.isdigit() also accepts '²', which int() then refuses.
+_VERSION = re.compile(r"^[0-9]{1,9}$")
+
+
+def _task_name(text: str) -> str:
+    name = text.strip().lower()
+    if not _TASK_NAME.match(name):
+        raise InvalidRequest(
+            f"{text.strip()[:64]!r} is not a task name: use lowercase letters, digits and '-', "
+            "e.g. inclination (GET /v1/tasks lists them)."
+        )
+    return name
+
+
+def parse_task_list(values: Iterable[str] | None) -> list[str]:
+    """Accept ``tasks`` repeated or comma-separated; keep order, drop duplicates.
+
+    Raises
+    ------
+    InvalidRequest
+        If a name cannot be a task name.
+    """
     names: list[str] = []
     for value in values or []:
-        for part in value.split(","):
-            name = part.strip().lower()
-            if name and name not in names:
+        for part in str(value).split(","):
+            if part.strip() and (name := _task_name(part)) not in names:
                 names.append(name)
     return names
 
@@ -43,12 +71,29 @@ def parse_versions(value: str | None) -> dict[str, int]:
         if not part.strip():
             continue
         task, sep, version = part.partition("=")
-        if not sep or not version.strip().isdigit():
+        if not sep or not _VERSION.match(version.strip()):
             raise InvalidRequest(
-                f"Version pin {part.strip()!r} is not of the form task=version, e.g. inclination=1."
+                f"Version pin {part.strip()[:80]!r} is not of the form task=version with a "
+                "version number of digits 0-9, e.g. inclination=1."
             )
-        pins[task.strip().lower()] = int(version)
+        pins[_task_name(task)] = int(version)
     return pins
+
+
+def check_versions(pins: dict[str, int]) -> dict[str, int]:
+    """Check pins that arrived as JSON (``{"inclination": 1}``) like parsed ones.
+
+    Raises
+    ------
+    InvalidRequest
+        A task name that cannot be one, or a version that is not a positive integer.
+    """
+    checked: dict[str, int] = {}
+    for task, version in pins.items():
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 10**9:
+            raise InvalidRequest(f"The version pinned for {task[:64]!r} must be a positive integer.")
+        checked[_task_name(task)] = version
+    return checked
 
 
 def resolve_tasks(
@@ -97,8 +142,12 @@ def submit_image(
     pins: dict[str, int],
     max_pixels: int,
     idempotency_key: str | None,
+    claim: Callable[[str], None] | None = None,
 ) -> tuple[Job, bool]:
     """Validate an upload, store it with a new job record and enqueue it.
+
+    ``claim`` is called with the new job's id before the record exists (the API
+    records the caller as its owner there, so nobody else ever sees it).
 
     Returns
     -------
@@ -123,7 +172,8 @@ def submit_image(
         ),
     )
     return _store_and_enqueue(
-        store, queue, job, data, idempotency_key, same=lambda earlier: earlier.input.sha256 == job.input.sha256
+        store, queue, job, data, idempotency_key, claim,
+        same=lambda earlier: earlier.input.sha256 == job.input.sha256,
     )
 
 
@@ -136,12 +186,17 @@ def submit_target(
     tasks: list[str],
     pins: dict[str, int],
     idempotency_key: str | None,
+    claim: Callable[[str], None] | None = None,
 ) -> tuple[Job, bool]:
-    """Resolve a catalogued object or position (404 with suggestions if unknown) and enqueue it."""
+    """Resolve a catalogued object or position (404 with suggestions if unknown) and enqueue it.
+
+    ``claim`` as for :func:`submit_image`.
+    """
     tasks = resolve_tasks(registry, tasks, pins)
     job = Job(id=new_job_id(), tasks=tasks, versions=pins, input=resolve_target(target, get_resolver()))
     return _store_and_enqueue(
-        store, queue, job, None, idempotency_key, same=lambda earlier: earlier.input.query == target
+        store, queue, job, None, idempotency_key, claim,
+        same=lambda earlier: earlier.input.query == target,
     )
 
 
@@ -151,9 +206,12 @@ def _store_and_enqueue(
     job: Job,
     payload: bytes | None,
     idempotency_key: str | None,
+    claim: Callable[[str], None] | None,
     *,
     same: Callable[[Job], bool],
 ) -> tuple[Job, bool]:
+    if claim is not None:
+        claim(job.id)
     stored = store.create(job, payload, idempotency_key=idempotency_key)
     if stored.id != job.id:
         if stored.input.kind != job.input.kind or not same(stored):

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from typing import IO, Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 from starlette.datastructures import UploadFile
 
-from services.api.batch_ingest import csv_rows, ingest, json_rows, parse_json_body, zip_rows
+from services.api.auth import ReadCaller, SubmitCaller, check_owner, claim
+from services.api.batch_ingest import csv_rows, ingest, json_source, open_zip, zip_rows
 from services.api.batch_results import csv_lines, json_chunks
 from services.api.deps import BatchStoreDep, QueueDep, RegistryDep, SettingsDep
 from services.api.metrics import JOBS_SUBMITTED
 from services.api.problems import problem_responses
 from services.api.settings import ApiSettings
-from services.api.submission import parse_task_list, parse_versions, resolve_tasks
+from services.api.submission import check_versions, parse_task_list, parse_versions, resolve_tasks
 from shared.batchstore import BatchStore
 from shared.errors import ImageTooLarge, InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from shared.jobstore import new_job_id
@@ -64,6 +65,28 @@ _BODY: dict[str, Any] = {
 }
 
 
+class _JsonOptions(BaseModel):
+    """The members of a JSON catalog object besides its rows."""
+
+    tasks: list[str] | str | None = None
+    versions: dict[str, StrictInt] | None = None
+    id_column: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+def _json_catalog(source: IO[bytes]) -> tuple[dict[str, Any], Any]:
+    """Read a JSON catalog lazily; returns (checked options, (columns, rows))."""
+    options, columns, rows = json_source(source)
+    try:
+        checked = _JsonOptions.model_validate(options)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(
+            f"The JSON catalog's options are not valid: {where}. Send tasks as a list of task "
+            'names, versions as {"task": version number}, id_column as a column name.'
+        ) from None
+    return checked.model_dump(exclude_none=True), (columns, rows)
+
+
 async def _spool(request: Request, limit: int) -> IO[bytes]:
     """Copy the raw body to a temporary file, refusing it past ``limit`` bytes."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
@@ -83,19 +106,17 @@ def _ingest_source(
 ) -> tuple[list[str], int, int]:
     zip_files = None
     if kind == "zip":
-        try:
-            archive = zipfile.ZipFile(source)
-        except zipfile.BadZipFile as exc:
-            raise InvalidRequest(f"The upload is not a valid zip file: {exc}") from exc
         columns, rows, zip_files = zip_rows(
-            archive,
+            open_zip(source),
             store=store,
             batch_id=batch_id,
             max_file_bytes=settings.max_upload_bytes,
             max_total_bytes=settings.max_batch_bytes,
+            max_entries=settings.max_zip_entries,
+            max_ratio=settings.max_zip_ratio,
         )
     elif kind == "json":
-        columns, rows = json_rows(source)
+        columns, rows = source
     else:
         columns, rows = csv_rows(source)
     count, chunks = ingest(
@@ -122,7 +143,7 @@ def _ingest_source(
     "returned with the results. Rows that cannot be used fail alone, with a reason.",
     openapi_extra=_BODY,
     responses={200: {"model": Batch, "description": "An earlier batch with the same Idempotency-Key."},
-               **problem_responses(413, 415, 422, 503)},
+               **problem_responses(400, 415, auth=True)},
 )
 async def submit_batch(
     request: Request,
@@ -131,25 +152,30 @@ async def submit_batch(
     store: BatchStoreDep,
     queue: QueueDep,
     registry: RegistryDep,
+    caller: SubmitCaller,
     tasks: Annotated[str | None, Query(description="Comma-separated task names.")] = None,
     versions: Annotated[str | None, Query(description="Version pins, e.g. inclination=1.")] = None,
-    id_column: Annotated[str, Query(max_length=100)] = "id",
+    id_column: Annotated[str, Query(min_length=1, max_length=100)] = "id",
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Batch:
+    if caller.key is not None:
+        await anyio.to_thread.run_sync(request.app.state.active_jobs.check, caller.key.id)
+    idempotency_key = caller.idempotency_scope(idempotency_key)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_batch_bytes:
-        raise ImageTooLarge(f"The upload is larger than {settings.max_batch_bytes:,} bytes.")
+    # Sizes are counted while the body streams (services.api.limits.BodyLimitMiddleware).
     task_list, pins = parse_task_list([tasks] if tasks else None), parse_versions(versions)
+    source: Any
     if ctype in ("text/csv", "application/csv", "text/plain"):
         kind, source = "csv", await _spool(request, settings.max_batch_bytes)
     elif ctype == "application/json":
-        body = parse_json_body((await _spool(request, settings.max_batch_bytes)).read())
-        kind, source = "json", body
-        if isinstance(body, dict):
-            task_list = parse_task_list(body.get("tasks") or None) or task_list
-            pins = {str(k): int(v) for k, v in (body.get("versions") or {}).items()} or pins
-            id_column = str(body.get("id_column") or id_column)
+        spooled = await _spool(request, settings.max_batch_bytes)
+        options, source = await anyio.to_thread.run_sync(_json_catalog, spooled)
+        kind = "json"
+        task_list = parse_task_list(
+            [options["tasks"]] if isinstance(options.get("tasks"), str) else options.get("tasks")
+        ) or task_list
+        pins = check_versions(options.get("versions") or {}) or pins
+        id_column = options.get("id_column") or id_column
     elif ctype == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=20)
         upload = form.get("file")
@@ -167,7 +193,9 @@ async def submit_batch(
         if name.endswith(".zip") or upload.content_type in ("application/zip", "application/x-zip-compressed"):
             kind, source = "zip", upload.file
         elif name.endswith(".json") or upload.content_type == "application/json":
-            kind, source = "json", parse_json_body(await upload.read())
+            # Only the rows: tasks, versions and id_column come from the form fields.
+            kind = "json"
+            source = (await anyio.to_thread.run_sync(_json_catalog, upload.file))[1]
         else:
             kind, source = "csv", upload.file
     else:
@@ -185,6 +213,7 @@ async def submit_batch(
                 return store.get(store.redis.get(idem).decode()), False
         else:
             batch_id = new_job_id()
+        claim(request, caller, "batch", batch_id, settings.job_ttl_seconds)
         columns, count, chunks = _ingest_source(
             kind, source, settings=settings, store=store, batch_id=batch_id, id_column=id_column
         )
@@ -209,6 +238,8 @@ async def submit_batch(
         return store.get(batch_id), True
 
     batch, created = await anyio.to_thread.run_sync(create)
+    if created and caller.key is not None:
+        await anyio.to_thread.run_sync(request.app.state.active_jobs.add, caller.key.id, "batch", batch.id)
     response.headers["Location"] = str(request.url_for("get_batch", batch_id=batch.id).path)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -220,9 +251,12 @@ async def submit_batch(
     response_model=Batch,
     operation_id="get_batch",
     summary="A batch's status and progress (done, failed, pending)",
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404, auth=True),
 )
-async def get_batch(batch_id: BATCH_ID, response: Response, store: BatchStoreDep) -> Batch:
+async def get_batch(
+    batch_id: BATCH_ID, request: Request, response: Response, store: BatchStoreDep, caller: ReadCaller
+) -> Batch:
+    await anyio.to_thread.run_sync(check_owner, request, caller, "batch", batch_id)
     batch = await anyio.to_thread.run_sync(store.get, batch_id)
     if batch.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         response.headers["Retry-After"] = "1"
@@ -236,14 +270,17 @@ async def get_batch(batch_id: BATCH_ID, response: Response, store: BatchStoreDep
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/csv": {}, "application/json": {}}},
-        **problem_responses(404, 422),
+        **problem_responses(404, auth=True),
     },
 )
 async def get_batch_results(
     batch_id: BATCH_ID,
+    request: Request,
     store: BatchStoreDep,
+    caller: ReadCaller,
     format: Annotated[str, Query(pattern="^(csv|json)$")] = "csv",
 ) -> StreamingResponse:
+    await anyio.to_thread.run_sync(check_owner, request, caller, "batch", batch_id)
     batch = await anyio.to_thread.run_sync(store.get, batch_id)
     results = store.iter_results(batch_id, batch.chunks)
     if format == "json":
@@ -260,7 +297,10 @@ async def get_batch_results(
     response_model=Batch,
     operation_id="cancel_batch",
     summary="Cancel a batch: rows not yet run are not run",
-    responses=problem_responses(404, 409, 422),
+    responses=problem_responses(404, 409, auth=True),
 )
-async def cancel_batch(batch_id: BATCH_ID, store: BatchStoreDep) -> Batch:
+async def cancel_batch(
+    batch_id: BATCH_ID, request: Request, store: BatchStoreDep, caller: SubmitCaller
+) -> Batch:
+    await anyio.to_thread.run_sync(check_owner, request, caller, "batch", batch_id)
     return await anyio.to_thread.run_sync(store.cancel, batch_id)

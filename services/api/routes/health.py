@@ -8,7 +8,9 @@ import anyio
 import redis
 from fastapi import APIRouter, Response, status
 
+from services.api.auth import AnyCaller
 from services.api.deps import RegistryDep, SettingsDep, StoreDep
+from services.api.problems import problem_responses
 from services.api.schemas import Readiness, ReadyCheck
 
 __all__ = ["router"]
@@ -16,7 +18,12 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", operation_id="healthz", summary="The API process is alive")
+@router.get(
+    "/healthz",
+    operation_id="healthz",
+    summary="The API process is alive",
+    responses=problem_responses(),
+)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -26,10 +33,19 @@ def healthz() -> dict[str, str]:
     response_model=Readiness,
     operation_id="readyz",
     summary="Redis reachable, at least one live worker, models published",
-    responses={503: {"model": Readiness, "description": "Not ready; the checks say why."}},
+    description="Public: ready or not, and which check fails. The `workers` list (host "
+    "names, process ids, served versions) is shown in open mode and to admin keys only.",
+    responses={
+        **problem_responses(401, 403, 429),
+        503: {"model": Readiness, "description": "Not ready; the checks say why."},
+    },
 )
 async def readyz(
-    response: Response, settings: SettingsDep, store: StoreDep, registry: RegistryDep
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    registry: RegistryDep,
+    caller: AnyCaller,
 ) -> Readiness:
     checks: dict[str, ReadyCheck] = {}
     workers: list[dict] = []
@@ -51,4 +67,4 @@ async def readyz(
     ready = all(c.ok for c in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Readiness(ready=ready, checks=checks, workers=live)
+    return Readiness(ready=ready, checks=checks, workers=live if caller.admin else [])

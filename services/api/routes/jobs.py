@@ -7,14 +7,21 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictInt, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 
+from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, claim
 from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
 from services.api.problems import problem_responses
-from services.api.submission import parse_task_list, parse_versions, submit_image, submit_target
+from services.api.submission import (
+    check_versions,
+    parse_task_list,
+    parse_versions,
+    submit_image,
+    submit_target,
+)
 from shared.errors import ImageTooLarge, InvalidRequest, JobNotFound, UnsupportedMediaType
-from shared.schemas import TERMINAL_STATUSES, Job
+from shared.schemas import TERMINAL_STATUSES, Job, check_target_query
 
 __all__ = ["router"]
 
@@ -39,7 +46,13 @@ class TargetJobRequest(BaseModel):
         description='{"pgc": N}, {"name": "M33"}, or {"ra": …, "dec": …, "fov_arcmin": …}'
     )
     tasks: list[str] = Field(default_factory=list, description="Default: every served task.")
-    versions: dict[str, int] = Field(default_factory=dict)
+    versions: dict[str, StrictInt] = Field(default_factory=dict)
+
+    @field_validator("target")
+    @classmethod
+    def _plausible(cls, target: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        check_target_query(target)
+        return target
 
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -76,13 +89,7 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | None, str | None, dict[str, Any]]:
-    declared = request.headers.get("content-length")
-    # Refuse before parsing: a multi-GB body should not even be spooled to disk.
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise ImageTooLarge(
-            f"The upload is {int(declared):,} bytes; the limit is {max_bytes:,}.",
-            max_bytes=max_bytes,
-        )
+    # The body's size is counted while it streams (services.api.limits.BodyLimitMiddleware).
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
@@ -118,7 +125,7 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | N
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": Job, "description": "An earlier job with the same Idempotency-Key."},
-        **problem_responses(404, 413, 415, 422, 503),
+        **problem_responses(400, 404, 415, auth=True),
     },
 )
 async def submit_job(
@@ -128,40 +135,55 @@ async def submit_job(
     store: StoreDep,
     queue: QueueDep,
     registry: RegistryDep,
+    caller: SubmitCaller,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Job:
+    if caller.key is not None:
+        await anyio.to_thread.run_sync(request.app.state.active_jobs.check, caller.key.id)
+    idempotency_key = caller.idempotency_scope(idempotency_key)
+
+    def owned(job_id: str) -> None:
+        claim(request, caller, "job", job_id, settings.job_ttl_seconds)
+
     if request.headers.get("content-type", "").startswith("application/json"):
-        job, created = await _submit_target_json(request, store, queue, registry, idempotency_key)
+        job, created = await _submit_target_json(request, store, queue, registry, idempotency_key, owned)
     else:
-        job, created = await _submit_upload(request, settings, store, queue, registry, idempotency_key)
+        job, created = await _submit_upload(
+            request, settings, store, queue, registry, idempotency_key, owned
+        )
+    if created and caller.key is not None:
+        await anyio.to_thread.run_sync(request.app.state.active_jobs.add, caller.key.id, "job", job.id)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
     if not created:
         response.status_code = status.HTTP_200_OK
     return job
 
 
-async def _submit_target_json(request, store, queue, registry, idempotency_key):  # type: ignore[no-untyped-def]
+async def _submit_target_json(request, store, queue, registry, idempotency_key, owned):  # type: ignore[no-untyped-def]
     raw = await request.body()
     try:
         body = TargetJobRequest.model_validate_json(raw)
     except ValidationError as exc:
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidRequest(f"The JSON body is not a target job: {where}.") from None
+    tasks, pins = parse_task_list(body.tasks), check_versions(body.versions)
     return await anyio.to_thread.run_sync(
         lambda: submit_target(
             store=store,
             queue=queue,
             registry=registry,
             target=dict(body.target),
-            tasks=parse_task_list(body.tasks),
-            pins={k.lower(): v for k, v in body.versions.items()},
+            tasks=tasks,
+            pins=pins,
             idempotency_key=idempotency_key,
+            claim=owned,
         )
     )
 
 
-async def _submit_upload(request, settings, store, queue, registry, idempotency_key):  # type: ignore[no-untyped-def]
+async def _submit_upload(request, settings, store, queue, registry, idempotency_key, owned):  # type: ignore[no-untyped-def]
     data, filename, content_type, fields = await _read_upload(request, settings.max_upload_bytes)
+    tasks, pins = parse_task_list(fields["tasks"]), parse_versions(fields["versions"])
     return await anyio.to_thread.run_sync(
         lambda: submit_image(
             store=store,
@@ -170,12 +192,17 @@ async def _submit_upload(request, settings, store, queue, registry, idempotency_
             data=data,
             filename=filename,
             content_type=content_type,
-            tasks=parse_task_list(fields["tasks"]),
-            pins=parse_versions(fields["versions"]),
+            tasks=tasks,
+            pins=pins,
             max_pixels=settings.max_image_pixels,
             idempotency_key=idempotency_key,
+            claim=owned,
         )
     )
+
+
+async def _check_owner(request: Request, caller: Caller, job_id: str) -> None:
+    await anyio.to_thread.run_sync(check_owner, request, caller, "job", job_id)
 
 
 @router.get(
@@ -183,18 +210,22 @@ async def _submit_upload(request, settings, store, queue, registry, idempotency_
     response_model=Job,
     operation_id="get_job",
     summary="Read a job: status, progress and, once done, the result",
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404, auth=True),
 )
 async def get_job(
     job_id: JOB_ID,
+    request: Request,
     response: Response,
     settings: SettingsDep,
     store: StoreDep,
+    caller: ReadCaller,
     wait: Annotated[
         float,
-        Query(ge=0, description="Seconds to wait for the job to finish before answering."),
+        Query(ge=0, le=3600, description="Seconds to wait for the job to finish before answering "
+              "(capped by the server, 30 s by default)."),
     ] = 0.0,
 ) -> Job:
+    await _check_owner(request, caller, job_id)
     deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
     job = await anyio.to_thread.run_sync(store.get, job_id)
     while job.status not in TERMINAL_STATUSES and time.monotonic() < deadline:
@@ -212,9 +243,10 @@ async def get_job(
     summary="Cancel a queued or running job",
     description="A worker that picks the job up afterwards skips it; a running job's answer "
     "is discarded. Cancelling a cancelled job is harmless; a finished one gives 409.",
-    responses=problem_responses(404, 409, 422),
+    responses=problem_responses(404, 409, auth=True),
 )
-async def cancel_job(job_id: JOB_ID, store: StoreDep) -> Job:
+async def cancel_job(job_id: JOB_ID, request: Request, store: StoreDep, caller: SubmitCaller) -> Job:
+    await _check_owner(request, caller, job_id)
     return await anyio.to_thread.run_sync(store.cancel, job_id)
 
 
@@ -223,9 +255,10 @@ async def cancel_job(job_id: JOB_ID, store: StoreDep) -> Job:
     operation_id="get_job_image",
     summary="The image the models saw (for target jobs: the rotated, cropped cutout)",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **problem_responses(404, 422)},
+    responses={200: {"content": {"image/png": {}}}, **problem_responses(404, auth=True)},
 )
-async def get_job_image(job_id: JOB_ID, store: StoreDep) -> Response:
+async def get_job_image(job_id: JOB_ID, request: Request, store: StoreDep, caller: ReadCaller) -> Response:
+    await _check_owner(request, caller, job_id)
     png = await anyio.to_thread.run_sync(store.seen_image, job_id)
     if png is None:
         await anyio.to_thread.run_sync(store.get, job_id)  # 404 for an unknown job

@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse
 
+from services.api.auth import AnyCaller
 from services.api.deps import RegistryDep
 from services.api.problems import problem_responses
+from shared.errors import Forbidden
 from services.api.schemas import MemberCard, ModelCard, TaskInfo
 from shared.errors import UnknownModelVersion
 from shared.registry import MANIFEST, RegistryReader
@@ -28,6 +30,7 @@ _FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(png|json|csv|svg|onnx)$")
     response_model=list[TaskInfo],
     operation_id="list_tasks",
     summary="Tasks that can be asked, with the versions that serve them",
+    responses=problem_responses(),
 )
 def list_tasks(registry: RegistryDep) -> list[TaskInfo]:
     infos = []
@@ -73,6 +76,7 @@ def _card(request: Request, registry: RegistryReader, task: str, version: int) -
     response_model=list[ModelCard],
     operation_id="list_models",
     summary="Every published model version, as a model card",
+    responses=problem_responses(),
 )
 def list_models(request: Request, registry: RegistryDep) -> list[ModelCard]:
     return [
@@ -87,7 +91,7 @@ def list_models(request: Request, registry: RegistryDep) -> list[ModelCard]:
     response_model=ModelCard,
     operation_id="get_model",
     summary="One model version's card",
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404),
 )
 def get_model(request: Request, task: TASK, version: int, registry: RegistryDep) -> ModelCard:
     if version not in registry.versions(task):
@@ -102,9 +106,21 @@ def get_model(request: Request, task: TASK, version: int, registry: RegistryDep)
     operation_id="get_model_file",
     summary="An evaluation file of a model version (plot, metrics, member ONNX file)",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}, "application/json": {}}}, **problem_responses(404)},
+    description="Plots, metrics and other evaluation files are public, like the model card. "
+    "Member weights (`.onnx`) are the operator's: with API keys on, they need an `admin` key.",
+    responses={
+        200: {"content": {"image/png": {}, "application/json": {}, "application/octet-stream": {}}},
+        **problem_responses(401, 403, 404),
+    },
 )
-def get_model_file(task: TASK, version: int, filename: str, registry: RegistryDep) -> FileResponse:
+def get_model_file(
+    task: TASK, version: int, filename: str, registry: RegistryDep, caller: AnyCaller
+) -> FileResponse:
+    if filename.endswith(".onnx") and not caller.admin:
+        raise Forbidden(
+            "Model weights (.onnx) are downloadable with an admin key only; the model card "
+            "and its plots are public."
+        )
     if version not in registry.versions(task):
         raise UnknownModelVersion(f"Task {task!r} has no version {version}.")
     path = registry.version_dir(task, version) / filename
@@ -119,7 +135,7 @@ def get_model_file(task: TASK, version: int, filename: str, registry: RegistryDe
     response_model=list[ModelCard],
     operation_id="list_task_models",
     summary="Every version of one task",
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404),
 )
 def list_task_models(request: Request, task: TASK, registry: RegistryDep) -> list[ModelCard]:
     versions = registry.versions(task)
