@@ -5,6 +5,15 @@ the Legacy Survey), fetches with explicit timeouts, follows redirects only withi
 host allowlist, retries transient failures with exponential back-off, caps the
 size, checks that the body is an image, and caches good images on disk under the
 URL's sha256. The same rules apply to user-supplied image URLs (:meth:`fetch_url`).
+
+Besides the host allowlist, every connection goes through :class:`PinnedTransport`:
+the host name is resolved once, every address it resolves to must be public (not
+private, loopback, link-local, multicast or reserved) unless the deployment allows
+private addresses, and the connection is made to that checked address (TLS still
+verifies the certificate for the name). A name that resolves to a public address
+when checked and to 127.0.0.1 when connected (DNS rebinding) therefore never
+reaches the private one. A body that is not an image is refused without any of it
+reaching the client: its bytes may be someone's private page.
 :class:`LocalArchiveProvider` serves files from a folder by object name or position.
 Orientation (rotate by the position angle, crop to the field) lives in
 :mod:`shared.orientation`.
@@ -14,9 +23,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import ipaddress
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -48,6 +59,8 @@ __all__ = [
     "CutoutProvider",
     "HttpCutoutProvider",
     "LocalArchiveProvider",
+    "PinnedTransport",
+    "check_address",
     "host_allowed",
     "provider_from_settings",
     "fetch_oriented_cutout",
@@ -96,6 +109,74 @@ def host_allowed(host: str | None, port: int | None, allowed_hosts: Iterable[str
         elif host == entry:
             return True
     return False
+
+
+def check_address(address: str, *, allow_private: bool) -> None:
+    """Refuse an address no outbound fetch may reach.
+
+    Raises
+    ------
+    HostNotAllowed
+        A private, loopback, link-local, multicast, reserved or unspecified address
+        (IPv4-mapped IPv6 included), unless ``allow_private``.
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if allow_private:
+        return
+    if (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    ):
+        raise HostNotAllowed(
+            f"The address {ip} is private, loopback or link-local; skyserve does not fetch "
+            "from such addresses (SKYSERVE_CUTOUT_ALLOW_PRIVATE_ADDRESSES allows them).",
+            address=str(ip),
+        )
+
+
+class PinnedTransport(httpx.BaseTransport):
+    """An httpx transport that resolves each host once, checks it, and connects to that address.
+
+    The request keeps its ``Host`` header and, for https, sends and verifies the
+    original name (SNI), so virtual hosts and certificates work as usual.
+    """
+
+    def __init__(self, *, allow_private: bool = False, **transport_options: Any) -> None:
+        self.allow_private = allow_private
+        self._inner = httpx.HTTPTransport(**transport_options)
+
+    def _resolve(self, host: str, port: int) -> str:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses:
+            raise httpx.ConnectError(f"{host} resolves to no address")
+        for address in addresses:  # every one: a mixed answer is refused, not raced
+            check_address(address, allow_private=self.allow_private)
+        return addresses[0]
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        host = url.host
+        port = url.port or (443 if url.scheme == "https" else 80)
+        address = self._resolve(host, port)
+        if address != host:
+            request.url = url.copy_with(host=address)
+            if url.scheme == "https":
+                request.extensions = {**request.extensions, "sni_hostname": host}
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class CutoutProvider(ABC):
@@ -174,6 +255,9 @@ class HttpCutoutProvider(CutoutProvider):
         Longest redirect chain followed (each hop checked against the allowlist).
     max_pixels
         Decompression-bomb guard used when checking that the body decodes.
+    allow_private_addresses
+        Let connections reach private, loopback and link-local addresses (tests with
+        local servers); off, such addresses are refused after resolution.
     """
 
     def __init__(
@@ -189,6 +273,7 @@ class HttpCutoutProvider(CutoutProvider):
         max_bytes: int = 8 * 1024 * 1024,
         max_redirects: int = 3,
         max_pixels: int = 50_000_000,
+        allow_private_addresses: bool = False,
     ) -> None:
         template = CUTOUT_PRESETS.get(url_template, url_template)
         parts = urlsplit(template)
@@ -217,6 +302,8 @@ class HttpCutoutProvider(CutoutProvider):
             timeout=httpx.Timeout(timeout_s),
             follow_redirects=False,  # redirects are followed by hand, within the allowlist
             headers={"User-Agent": "skyserve-cutouts/0.1"},
+            transport=PinnedTransport(allow_private=allow_private_addresses),
+            trust_env=False,  # a proxy would connect for us, past the address check
         )
 
     @classmethod
@@ -405,8 +492,9 @@ class HttpCutoutProvider(CutoutProvider):
     def _check_image(self, data: bytes, content_type: str, host: str) -> None:
         kind = content_type.split(";")[0].strip().lower()
         if kind and not (kind.startswith("image/") or kind in _FITS_TYPES):
+            # Never echo the body: it may be a private page the client should not read.
             raise UnsupportedMediaType(
-                f"{host} answered with {kind}, not an image (first bytes: {data[:60]!r}).",
+                f"{host} answered with {kind}, not an image.",
                 host=host,
                 content_type=kind,
             )
@@ -601,6 +689,7 @@ def provider_from_settings(settings: SkyserveSettings) -> CutoutProvider | None:
         pixels=settings.cutout_pixels,
         max_bytes=settings.cutout_max_bytes,
         max_pixels=settings.max_image_pixels,
+        allow_private_addresses=settings.cutout_allow_private_addresses,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from services.worker import logs as _logs  # noqa: F401  (log format and job ids on every line)
 from services.worker.settings import WorkerSettings, get_settings
 
 __all__ = ["WorkerApp", "app", "create_celery_app"]

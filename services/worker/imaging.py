@@ -149,6 +149,7 @@ def _standalone_fetcher(settings: WorkerSettings) -> HttpCutoutProvider | None:
                 backoff_s=settings.cutout_backoff_seconds,
                 max_bytes=settings.cutout_max_bytes,
                 max_pixels=settings.max_image_pixels,
+                allow_private_addresses=settings.cutout_allow_private_addresses,
             )
         except ValueError:
             logger.warning("Allowlist entry %r cannot seed a URL fetcher.", entry, exc_info=True)

@@ -96,6 +96,8 @@ class CutoutStandIn:
             "cutout_provider": "http",
             "cutout_url_template": self.template,
             "cutout_allowed_hosts": self.netloc,
+            # The stand-in listens on loopback, which deployments refuse.
+            "cutout_allow_private_addresses": "true",
             **extra,
         }
 

@@ -124,6 +124,7 @@ def provider(server: SkyServer, path: str = "/cutout", **kwargs: object) -> Http
         "timeout_s": 2.0,
         "retries": 2,
         "backoff_s": 0.01,
+        "allow_private_addresses": True,  # the stand-in listens on loopback
     }
     options.update(kwargs)
     return HttpCutoutProvider(template + "&name={name}", **options)  # type: ignore[arg-type]
@@ -260,6 +261,7 @@ def test_a_refused_connection_is_retried_then_unavailable() -> None:
         timeout_s=0.5,
         retries=1,
         backoff_s=0.0,
+        allow_private_addresses=True,
     )
     with cutouts, pytest.raises(CutoutUnavailable, match=r"connection failed.*2 times"):
         cutouts.fetch(1.0, 2.0, 1.0)

@@ -1,0 +1,1 @@
+"""Operator commands (``skyserve-admin``): API keys today."""
