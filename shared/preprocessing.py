@@ -218,10 +218,9 @@ def _pillow_array(img: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return _grey(np.asarray(img, dtype=np.float32) / 65535.0)
     if mode in ("I", "F"):
-        values = _finite(np.asarray(img, dtype=np.float32), "image")
+        # float64: the span of two extreme float32 values (-3e38 .. 3e38) overflows float32.
+        values = _finite(np.asarray(img, dtype=np.float64), "image")
         lo, hi = float(values.min()), float(values.max())
-        if not np.isfinite(hi - lo):  # e.g. -3e38 and 3e38: the span overflows float32
-            values = values.astype(np.float64)
         return _grey((values - lo) / (hi - lo) if hi > lo else np.zeros_like(values))
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
