@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from pydantic import BaseModel, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 
 from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, claim
@@ -42,7 +42,8 @@ class TargetJobRequest(BaseModel):
         }
     }
 
-    target: dict[str, str | int | float] = Field(
+    # Strict: true/false are not numbers, and "1" stays a string.
+    target: dict[str, StrictStr | StrictInt | StrictFloat] = Field(
         description='{"pgc": N}, {"name": "M33"}, or {"ra": …, "dec": …, "fov_arcmin": …}'
     )
     tasks: list[str] = Field(default_factory=list, description="Default: every served task.")
@@ -50,7 +51,7 @@ class TargetJobRequest(BaseModel):
 
     @field_validator("target")
     @classmethod
-    def _plausible(cls, target: dict[str, str | int | float]) -> dict[str, str | int | float]:
+    def _plausible(cls, target: dict[str, str | int | float]) -> dict[str, str | int | float]:  # noqa: D102
         check_target_query(target)
         return target
 
