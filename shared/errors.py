@@ -18,6 +18,7 @@ __all__ = [
     "UnknownModelVersion",
     "JobNotFound",
     "JobNotCancellable",
+    "NoImageYet",
     "InvalidRequest",
     "UnknownTarget",
     "CutoutUnavailable",
@@ -108,6 +109,10 @@ class UnknownModelVersion(SkyserveError):
 
 class JobNotFound(SkyserveError):
     code, status, title = "job-not-found", 404, "No such job"
+
+
+class NoImageYet(SkyserveError):
+    code, status, title = "no-image-yet", 409, "The job has no evaluated image"
 
 
 class JobNotCancellable(SkyserveError):

@@ -36,6 +36,8 @@ __all__ = [
     "ingest",
     "parse_json_body",
     "ZIP_ERRORS",
+    "require_locator",
+    "check_zip",
 ]
 
 #: What zipfile raises on a broken archive or entry (bad CRC, truncation, unknown methods).
@@ -251,12 +253,18 @@ def json_source(
     seen: set[str] = set()
     count = 0
     for item in _json_items(stream, options):
+        if not isinstance(item, dict):
+            # A row of a JSON catalog is an object by the document's own grammar; a bare
+            # number or list is a broken document, not one unusable row.
+            raise InvalidRequest(
+                f"Row {count} is a {type(item).__name__}, not an object: every row is "
+                '{"column": value, ...}.'
+            )
         count += 1
-        if isinstance(item, dict):
-            for key in item:
-                if key not in seen:
-                    seen.add(key)
-                    columns.append(str(key))
+        for key in item:
+            if key not in seen:
+                seen.add(key)
+                columns.append(str(key))
     if count == 0:
         raise InvalidRequest('Send a JSON list of row objects, or {"rows": [...]} with at least one row.')
 
@@ -437,6 +445,40 @@ def zip_rows(
     return ["id", "file"], rows, set(images)
 
 
+def require_locator(columns: list[str]) -> None:
+    """Refuse a catalog none of whose columns says what to look at.
+
+    Raises
+    ------
+    InvalidRequest
+    """
+    if not any(c in columns for c in LOCATOR_COLUMNS):
+        raise InvalidRequest(
+            "The catalog has no column that says what to look at. Add one of: "
+            "image_url, file, pgc, name, or ra and dec.",
+            columns=columns[:50],
+        )
+
+
+def check_zip(
+    archive: zipfile.ZipFile, *, max_entries: int, max_total_bytes: int, max_ratio: float
+) -> None:
+    """Check a zip's directory before anything is unpacked (see :func:`zip_rows`).
+
+    Raises
+    ------
+    ImageTooLarge, InvalidRequest
+    """
+    try:
+        members = [i for i in archive.infolist() if not i.is_dir()]
+    except ZIP_ERRORS as exc:
+        raise InvalidRequest(f"The zip's directory cannot be read: {exc}") from exc
+    _check_entries(
+        members, max_entries=max_entries, max_file_bytes=0,
+        max_total_bytes=max_total_bytes, max_ratio=max_ratio,
+    )
+
+
 def ingest(
     rows: Iterable[tuple[dict[str, str], str | None]],
     *,
@@ -459,12 +501,7 @@ def ingest(
     InvalidRequest
         If the header names no target column, there are no rows, or too many.
     """
-    if not any(c in columns for c in LOCATOR_COLUMNS):
-        raise InvalidRequest(
-            "The catalog has no column that says what to look at. Add one of: "
-            "image_url, file, pgc, name, or ra and dec.",
-            columns=columns,
-        )
+    require_locator(columns)
     chunk: list[BatchRow] = []
     count = chunks = 0
     for values, problem in rows:

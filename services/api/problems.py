@@ -83,6 +83,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route's methods; a path served by several
+            # routes (GET and DELETE /v1/jobs/{id}) must list them all.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem_response(
             {
                 "type": "about:blank",
@@ -91,7 +96,7 @@ def install_problem_handlers(app: FastAPI) -> None:
                 "detail": str(exc.detail),
                 "instance": request.url.path,
             },
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
 
 
@@ -146,6 +151,17 @@ class CatchAllMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _reason(status: int) -> str:

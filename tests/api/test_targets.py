@@ -60,7 +60,10 @@ def test_bad_targets_are_422(client: TestClient, body: dict) -> None:
     assert resp.headers["content-type"] == PROBLEM and resp.json()["detail"]
 
 
-def test_evaluated_image_is_404_until_a_worker_keeps_one(client: TestClient) -> None:
+def test_evaluated_image_is_409_until_a_worker_keeps_one(client: TestClient) -> None:
     job = client.post("/v1/jobs", json={"target": {"name": "M33"}}).json()
     resp = client.get(f"/v1/jobs/{job['id']}/image")
-    assert resp.status_code == 404 and resp.headers["content-type"] == PROBLEM
+    # The job exists (so not 404); its image does not yet: a conflict with its state.
+    assert resp.status_code == 409 and resp.headers["content-type"] == PROBLEM
+    assert resp.json()["code"] == "no-image-yet"
+    assert client.get("/v1/jobs/" + "0" * 32 + "/image").status_code == 404

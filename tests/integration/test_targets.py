@@ -142,7 +142,7 @@ def test_a_cutout_service_slower_than_the_timeout_fails_the_job_readably(
     assert error["code"] == "cutout-unavailable" and error["status"] == 424
     assert "no answer within 1 s" in error["detail"] and "tried 2 times" in error["detail"]
     assert len([r for r in system.stand_in.cutout_requests() if r.query["ra"] == "150.0"]) == 2
-    assert api.get(f"/v1/jobs/{job['id']}/image").status_code == 404
+    assert api.get(f"/v1/jobs/{job['id']}/image").status_code == 409  # the job exists; it has no image
 
 
 def test_a_cutout_template_off_the_allowlist_is_refused(redis_url: str, tmp_path: Path) -> None:

@@ -8,11 +8,19 @@ from typing import IO, Annotated, Any
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, StrictInt, ValidationError
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
 from starlette.datastructures import UploadFile
 
 from services.api.auth import ReadCaller, SubmitCaller, check_owner, claim
-from services.api.batch_ingest import csv_rows, ingest, json_source, open_zip, zip_rows
+from services.api.batch_ingest import (
+    check_zip,
+    csv_rows,
+    ingest,
+    json_source,
+    open_zip,
+    require_locator,
+    zip_rows,
+)
 from services.api.batch_results import csv_lines, json_chunks
 from services.api.deps import BatchStoreDep, QueueDep, RegistryDep, SettingsDep
 from services.api.metrics import JOBS_SUBMITTED
@@ -30,11 +38,27 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 BATCH_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="Batch id from POST /v1/batches.")]
 
+_TASKS = {"type": "array", "items": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"}}
+_VERSIONS = {
+    "type": "object",
+    "propertyNames": {"pattern": "^[a-z0-9-]{1,64}$"},
+    "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 999_999_999},
+}
+_ROWS = {"type": "array", "minItems": 1, "items": {"type": "object"}}
+#: A CSV whose header names a column that says what to look at, then at least one row
+#: (the columns are checked exactly like this by services.api.batch_ingest.ingest).
+_CSV_PATTERN = (
+    r"^([^,\n\r\"]*,)*[ ]*(image_url|url|file|pgc|name|target|ra)[ ]*(,[^,\n\r\"]*)*\n[^\n\r\"]+"
+)
+
 _BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "text/csv": {"schema": {"type": "string"}, "example": "id,pgc\ng1,2557\ng2,5818\n"},
+            "text/csv": {
+                "schema": {"type": "string", "pattern": _CSV_PATTERN},
+                "example": "id,pgc\ng1,2557\ng2,5818\n",
+            },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -49,14 +73,19 @@ _BODY: dict[str, Any] = {
             },
             "application/json": {
                 "schema": {
-                    "type": "object",
-                    "required": ["rows"],
-                    "properties": {
-                        "rows": {"type": "array", "items": {"type": "object"}},
-                        "tasks": {"type": "array", "items": {"type": "string"}},
-                        "versions": {"type": "object", "additionalProperties": {"type": "integer"}},
-                        "id_column": {"type": "string"},
-                    },
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "required": ["rows"],
+                            "properties": {
+                                "rows": _ROWS,
+                                "tasks": _TASKS,
+                                "versions": _VERSIONS,
+                                "id_column": {"type": "string", "minLength": 1, "maxLength": 100},
+                            },
+                        },
+                        _ROWS,
+                    ]
                 },
                 "example": {"rows": [{"id": "a", "name": "M33"}], "tasks": ["inclination"]},
             },
@@ -68,9 +97,10 @@ _BODY: dict[str, Any] = {
 class _JsonOptions(BaseModel):
     """The members of a JSON catalog object besides its rows."""
 
-    tasks: list[str] | str | None = None
-    versions: dict[str, StrictInt] | None = None
-    id_column: str | None = Field(default=None, min_length=1, max_length=100)
+    # Declared without None: an explicit null is refused, as the schema says.
+    tasks: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]] = None  # type: ignore[assignment]
+    versions: dict[str, StrictInt] = None  # type: ignore[assignment]
+    id_column: str = Field(default=None, min_length=1, max_length=100)  # type: ignore[assignment]
 
 
 def _json_catalog(source: IO[bytes]) -> tuple[dict[str, Any], Any]:
@@ -107,7 +137,7 @@ def _ingest_source(
     zip_files = None
     if kind == "zip":
         columns, rows, zip_files = zip_rows(
-            open_zip(source),
+            source,
             store=store,
             batch_id=batch_id,
             max_file_bytes=settings.max_upload_bytes,
@@ -115,10 +145,8 @@ def _ingest_source(
             max_entries=settings.max_zip_entries,
             max_ratio=settings.max_zip_ratio,
         )
-    elif kind == "json":
-        columns, rows = source
     else:
-        columns, rows = csv_rows(source)
+        columns, rows = source
     count, chunks = ingest(
         rows,
         store=store,
@@ -130,6 +158,22 @@ def _ingest_source(
         zip_files=zip_files,
     )
     return columns, count, chunks
+
+
+def _precheck(kind: str, source: Any, settings: ApiSettings) -> Any:
+    """Open and check a catalog: a zip's directory and entries, a CSV's header."""
+    if kind == "zip":
+        archive = open_zip(source)
+        check_zip(
+            archive,
+            max_entries=settings.max_zip_entries,
+            max_total_bytes=settings.max_batch_bytes,
+            max_ratio=settings.max_zip_ratio,
+        )
+        return archive
+    columns, rows = csv_rows(source) if kind == "csv" else source
+    require_locator(columns)
+    return columns, rows
 
 
 @router.post(
@@ -171,9 +215,7 @@ async def submit_batch(
         spooled = await _spool(request, settings.max_batch_bytes)
         options, source = await anyio.to_thread.run_sync(_json_catalog, spooled)
         kind = "json"
-        task_list = parse_task_list(
-            [options["tasks"]] if isinstance(options.get("tasks"), str) else options.get("tasks")
-        ) or task_list
+        task_list = parse_task_list(options.get("tasks")) or task_list
         pins = check_versions(options.get("versions") or {}) or pins
         id_column = options.get("id_column") or id_column
     elif ctype == "multipart/form-data":
@@ -203,6 +245,10 @@ async def submit_batch(
             "Send the catalog as text/csv, as application/json {\"rows\": [...]}, or as "
             "multipart/form-data with a 'file' field (CSV, JSON or zip)."
         )
+
+    # Everything that can be checked without a batch id is checked before one exists (and
+    # before an Idempotency-Key is looked at): a broken catalog is a 422 now.
+    source = await anyio.to_thread.run_sync(_precheck, kind, source, settings)
 
     def create() -> tuple[Batch, bool]:
         resolved = resolve_tasks(registry, task_list, pins)

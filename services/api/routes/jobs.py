@@ -7,7 +7,16 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from starlette.datastructures import UploadFile
 
 from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, claim
@@ -20,7 +29,7 @@ from services.api.submission import (
     submit_image,
     submit_target,
 )
-from shared.errors import ImageTooLarge, InvalidRequest, JobNotFound, UnsupportedMediaType
+from shared.errors import ImageTooLarge, InvalidRequest, NoImageYet, UnsupportedMediaType
 from shared.schemas import TERMINAL_STATUSES, Job, check_target_query
 
 __all__ = ["router"]
@@ -28,6 +37,9 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="Job id from POST /v1/jobs.")]
+
+TaskName = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
+
 
 class TargetJobRequest(BaseModel):
     """A job on a catalogued object or a sky position instead of an uploaded image."""
@@ -46,8 +58,10 @@ class TargetJobRequest(BaseModel):
     target: dict[str, StrictStr | StrictInt | StrictFloat] = Field(
         description='{"pgc": N}, {"name": "M33"}, or {"ra": …, "dec": …, "fov_arcmin": …}'
     )
-    tasks: list[str] = Field(default_factory=list, description="Default: every served task.")
-    versions: dict[str, StrictInt] = Field(default_factory=dict)
+    tasks: list[TaskName] = Field(default_factory=list, description="Default: every served task.")
+    versions: dict[TaskName, Annotated[StrictInt, Field(ge=1, lt=10**9)]] = Field(
+        default_factory=dict, description="Version pins of requested tasks, e.g. {\"inclination\": 2}."
+    )
 
     @field_validator("target")
     @classmethod
@@ -256,14 +270,15 @@ async def cancel_job(job_id: JOB_ID, request: Request, store: StoreDep, caller: 
     operation_id="get_job_image",
     summary="The image the models saw (for target jobs: the rotated, cropped cutout)",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **problem_responses(404, auth=True)},
+    responses={200: {"content": {"image/png": {}}}, **problem_responses(404, 409, auth=True)},
 )
 async def get_job_image(job_id: JOB_ID, request: Request, store: StoreDep, caller: ReadCaller) -> Response:
     await _check_owner(request, caller, job_id)
     png = await anyio.to_thread.run_sync(store.seen_image, job_id)
     if png is None:
         await anyio.to_thread.run_sync(store.get, job_id)  # 404 for an unknown job
-        raise JobNotFound(
+        # The job exists; its image does not (yet): a state conflict, not a missing job.
+        raise NoImageYet(
             f"Job {job_id} has no evaluated image (yet): only finished target jobs keep one."
         )
     return Response(png, media_type="image/png")
