@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast install-run install-test system-deps models bench lint fmt up down clean
+.PHONY: help run test test-fast install-run install-test system-deps models bench fuzz load lint fmt up down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ bench: install-test ## Run the benchmarks (figures printed, baselines in the sam
 	$(PY) bench/inference.py
 	$(PY) bench/batch_throughput.py
 	$(PY) bench/api_memory.py
+
+fuzz: install-test ## Schemathesis, every check, against the live API and a worker (>= 1,000 cases)
+	$(PY) -m tests.fuzz.openapi_fuzz --max-examples $${FUZZ_EXAMPLES:-100}
+
+load: install-test ## Load: N clients for T seconds against a local deployment, keys on (bench/load.py)
+	$(PY) bench/load.py --clients $${CLIENTS:-4} --seconds $${SECONDS_:-30}
 
 lint: install-test ## Static checks
 	$(PIP) install --quiet ruff mypy
