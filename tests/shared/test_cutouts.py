@@ -483,3 +483,88 @@ def test_fetch_oriented_cutout_end_to_end(server: SkyServer) -> None:
     query = parse_qs(urlsplit(server.requests[0]).query)
     # √2-padded field: 266.7′ · √2 · 60 / 256 px
     assert float(query["scale"][0]) == pytest.approx(266.7 * math.sqrt(2) * 60 / 256, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- issue 8: addresses
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "0.0.0.0",
+     "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "224.0.0.1", "100.64.0.1"],
+)
+def test_private_loopback_and_link_local_addresses_are_refused(address: str) -> None:
+    from shared.cutouts import check_address
+
+    with pytest.raises(HostNotAllowed, match="private, loopback or link-local"):
+        check_address(address, allow_private=False)
+    check_address(address, allow_private=True)  # a deployment may allow them on purpose
+    check_address("8.8.8.8", allow_private=False)
+    check_address("2606:4700:4700::1111", allow_private=False)
+
+
+def test_an_allowlisted_host_on_loopback_is_refused_without_the_setting(server: SkyServer) -> None:
+    server.routes["/cutout"] = [Reply(body=galaxy_png())]
+    with provider(server, allow_private_addresses=False) as cutouts:
+        with pytest.raises(CutoutUnavailable, match="private, loopback"):
+            cutouts.fetch(10.0, 20.0, 1.0)
+        with pytest.raises(HostNotAllowed, match="private, loopback"):
+            cutouts.fetch_url(server.url("/cutout"))
+    assert server.requests == []  # refused before any connection
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(
+    server: SkyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name is resolved once, checked, and that address is connected to."""
+    import socket
+
+    real = socket.getaddrinfo
+    answers = iter(["8.8.8.8", "127.0.0.1"])  # public when checked, loopback afterwards
+    calls: list[str] = []
+
+    def rebinding(host: str, *args: object, **kwargs: object) -> list:
+        if host == "sky.example.org":
+            address = next(answers)
+            calls.append(address)
+            return real(address, *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    port = urlsplit(server.url("/")).port
+    with HttpCutoutProvider(
+        f"http://sky.example.org:{port}/cutout?ra={{ra}}", ["sky.example.org"],
+        timeout_s=0.3, retries=0,
+    ) as cutouts:
+        # Checked as 8.8.8.8 (public) and connected to 8.8.8.8: never to the loopback the
+        # second lookup would give. (8.8.8.8 does not serve this port: a timeout, no leak.)
+        with pytest.raises(CutoutUnavailable):
+            cutouts.fetch(1.0, 2.0, 1.0)
+    assert calls == ["8.8.8.8"] and server.requests == []
+
+
+def test_a_name_resolved_to_an_allowed_address_is_served_from_it(server: SkyServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket, "getaddrinfo",
+        lambda host, *a, **k: real("127.0.0.1" if host == "sky.example.org" else host, *a, **k),
+    )
+    server.routes["/cutout"] = [Reply(body=galaxy_png())]
+    port = urlsplit(server.url("/")).port
+    with HttpCutoutProvider(
+        f"http://sky.example.org:{port}/cutout?ra={{ra}}", ["sky.example.org"],
+        allow_private_addresses=True,
+    ) as cutouts:
+        assert cutouts.fetch(1.0, 2.0, 1.0) == galaxy_png()
+    assert len(server.requests) == 1
+
+
+def test_a_non_image_body_is_never_echoed(server: SkyServer) -> None:
+    secret = b"<html>internal admin page: password=hunter2</html>"
+    server.routes["/page"] = [Reply(body=secret, content_type="text/html")]
+    with provider(server) as cutouts, pytest.raises(UnsupportedMediaType) as info:
+        cutouts.fetch_url(server.url("/page"))
+    problem = str(info.value.to_problem())
+    assert "hunter2" not in problem and "admin page" not in problem
