@@ -115,15 +115,23 @@ def _fits_array(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def _asinh_stretch(array: np.ndarray) -> np.ndarray:
-    """Map raw fluxes to [0, 1] with a percentile interval and an asinh stretch."""
-    from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+    """Map raw fluxes to [0, 1] with a percentile interval and an asinh stretch.
+
+    The interval and stretch objects are used directly: ``ImageNormalize`` needs
+    matplotlib, which only the trainer installs, and the worker must decode FITS too.
+    """
+    from astropy.visualization.interval import PercentileInterval
+    from astropy.visualization.stretch import AsinhStretch
 
     finite = np.isfinite(array)
     if not finite.any():
         raise InvalidImage("The FITS image holds no finite pixel values.")
     array = np.where(finite, array, np.nanmin(np.where(finite, array, np.inf)))
-    norm = ImageNormalize(array, interval=PercentileInterval(99.5), stretch=AsinhStretch(0.1))
-    out = np.clip(np.asarray(norm(array), dtype=np.float32), 0.0, 1.0)
+    vmin, vmax = PercentileInterval(99.5).get_limits(array)
+    span = float(vmax - vmin)
+    scaled = (array - vmin) / span if span > 0 else np.zeros_like(array)
+    stretched = AsinhStretch(0.1)(np.clip(scaled, 0.0, 1.0), clip=True)
+    out = np.clip(np.asarray(stretched, dtype=np.float32), 0.0, 1.0)
     return out if out.ndim == 3 else np.repeat(out[..., None], 3, axis=-1)
 
 
