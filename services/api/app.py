@@ -109,6 +109,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
             "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         )
+        for name, component in jobs.OPENAPI_COMPONENTS.items():
+            schema["components"]["schemas"].setdefault(name, component)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -14,9 +14,9 @@ from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
 from services.api.problems import problem_responses
 from services.api.submission import parse_task_list, parse_versions, submit_image, submit_target
 from shared.errors import ImageTooLarge, InvalidRequest, JobNotFound, UnsupportedMediaType
-from shared.schemas import TERMINAL_STATUSES, Job
+from shared.schemas import TERMINAL_STATUSES, Job, Target
 
-__all__ = ["router"]
+__all__ = ["router", "OPENAPI_COMPONENTS"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -31,22 +31,30 @@ class TargetJobRequest(BaseModel):
                 {"target": {"pgc": 2557}, "tasks": ["inclination"]},
                 {"target": {"name": "M33"}},
                 {"target": {"ra": 10.68, "dec": 41.27, "fov_arcmin": 5}},
+                {"target": {"coordinates": "00h42m44.3s +41d16m09s"}, "tasks": ["inclination"]},
             ]
         }
     }
 
-    target: dict[str, str | int | float] = Field(
-        description='{"pgc": N}, {"name": "M33"}, or {"ra": …, "dec": …, "fov_arcmin": …}'
+    target: Target = Field(
+        description='Exactly one kind of target: {"pgc": N}, {"name": "M33"}, '
+        '{"ra": …, "dec": …} or {"coordinates": "00h42m44.3s +41d16m09s"}, each with an '
+        'optional "fov_arcmin". Mixtures and unknown keys are refused with 422.'
     )
     tasks: list[str] = Field(default_factory=list, description="Default: every served task.")
     versions: dict[str, int] = Field(default_factory=dict)
 
 
+# The JSON body's schema refers to the target kinds as components; the app registers
+# them (``OPENAPI_COMPONENTS``) so the references resolve in /openapi.json.
+_TARGET_JOB_SCHEMA = TargetJobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+OPENAPI_COMPONENTS: dict[str, Any] = _TARGET_JOB_SCHEMA.pop("$defs", {})
+
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": TargetJobRequest.model_json_schema()},
+            "application/json": {"schema": _TARGET_JOB_SCHEMA},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -145,18 +153,42 @@ async def _submit_target_json(request, store, queue, registry, idempotency_key):
     try:
         body = TargetJobRequest.model_validate_json(raw)
     except ValidationError as exc:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidRequest(f"The JSON body is not a target job: {where}.") from None
+        raise InvalidRequest(
+            f"The JSON body is not a target job: {_validation_text(exc)}.",
+            errors=[
+                {"loc": _location(e["loc"]), "msg": _message(e["msg"]), "type": e["type"]}
+                for e in exc.errors(include_url=False, include_context=False)
+            ],
+        ) from None
     return await anyio.to_thread.run_sync(
         lambda: submit_target(
             store=store,
             queue=queue,
             registry=registry,
-            target=dict(body.target),
+            target=body.target.model_dump(exclude_none=True),
             tasks=parse_task_list(body.tasks),
             pins={k.lower(): v for k, v in body.versions.items()},
             idempotency_key=idempotency_key,
         )
+    )
+
+
+def _location(loc: tuple[int | str, ...]) -> list[int | str]:
+    """``('target', 'pgc', 'pgc')`` → ``['target', 'pgc']``: the union's tag repeats the key."""
+    out: list[int | str] = []
+    for part in loc:
+        if not out or out[-1] != part:
+            out.append(part)
+    return out
+
+
+def _message(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, _location(e['loc'])))}: {_message(e['msg'])}" for e in exc.errors()
     )
 
 
