@@ -18,7 +18,7 @@ from prometheus_client import make_asgi_app
 from services.api.metrics import REQUEST_SECONDS
 from services.api.problems import install_problem_handlers
 from services.api.queue import JobQueue
-from services.api.routes import batches, health, jobs, models, web
+from services.api.routes import batches, docs, health, jobs, models, web
 from services.api.settings import ApiSettings, get_settings
 from shared.batchstore import BatchStore
 from shared.jobstore import JobStore
@@ -73,7 +73,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        root_path=settings.root_path,
+        # Served by routes.docs from local assets instead of FastAPI's CDN pages.
+        docs_url=None,
+        redoc_url=None,
+        # Passed only when set: FastAPI warns about the parameter even when it is empty.
+        **({"root_path": settings.root_path} if settings.root_path else {}),
         openapi_tags=[
             {"name": "jobs", "description": "Submit images and read answers."},
             {"name": "batches", "description": "Whole catalogs as one job, per-row results."},
@@ -86,6 +90,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(web.router)
     app.mount("/metrics", make_asgi_app())
 

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from services.api.batch_ingest import csv_rows, ingest, json_rows, parse_json_body, zip_rows
-from services.api.batch_results import csv_lines, json_chunks
+from services.api.batch_results import csv_lines, json_chunks, table_file
 from services.api.deps import BatchStoreDep, QueueDep, RegistryDep, SettingsDep
 from services.api.metrics import JOBS_SUBMITTED
 from services.api.problems import problem_responses
@@ -22,6 +22,7 @@ from shared.batchstore import BatchStore
 from shared.errors import ImageTooLarge, InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from shared.jobstore import new_job_id
 from shared.schemas import Batch, JobStatus
+from shared.tables import EXTENSIONS, MEDIA_TYPES, TABLE_FORMATS
 
 __all__ = ["router"]
 
@@ -232,27 +233,39 @@ async def get_batch(batch_id: BATCH_ID, response: Response, store: BatchStoreDep
 @router.get(
     "/{batch_id}/results",
     operation_id="get_batch_results",
-    summary="Per-row results so far (all of them once finished), as CSV or JSON",
+    summary="Per-row results so far (all of them once finished): CSV, JSON, ECSV, FITS, "
+    "VOTable or Parquet",
+    description="`format=csv` (default) and `json` stream row by row. `ecsv`, `fits` (a "
+    "binary table), `votable` and `parquet` are built whole and carry units and column "
+    "descriptions; in `fits` and `votable` column names use `_` for `-` "
+    "(`object_type_p_galaxy`). The columns are those of the CSV.",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/csv": {}, "application/json": {}}},
+        200: {"content": {MEDIA_TYPES[f]: {} for f in TABLE_FORMATS}},
         **problem_responses(404, 422),
     },
 )
 async def get_batch_results(
     batch_id: BATCH_ID,
     store: BatchStoreDep,
-    format: Annotated[str, Query(pattern="^(csv|json)$")] = "csv",
-) -> StreamingResponse:
+    format: Annotated[
+        str,
+        Query(pattern=f"^({'|'.join(TABLE_FORMATS)})$", description="One of " + ", ".join(TABLE_FORMATS)),
+    ] = "csv",
+) -> Response:
     batch = await anyio.to_thread.run_sync(store.get, batch_id)
     results = store.iter_results(batch_id, batch.chunks)
+    disposition = {
+        "Content-Disposition": f'attachment; filename="skyserve-{batch_id}{EXTENSIONS[format]}"'
+    }
     if format == "json":
-        return StreamingResponse(json_chunks(results), media_type="application/json")
-    return StreamingResponse(
-        csv_lines(batch, results),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="skyserve-{batch_id}.csv"'},
-    )
+        return StreamingResponse(json_chunks(results), media_type=MEDIA_TYPES["json"])
+    if format == "csv":
+        return StreamingResponse(
+            csv_lines(batch, results), media_type=MEDIA_TYPES["csv"], headers=disposition
+        )
+    data = await anyio.to_thread.run_sync(lambda: table_file(batch, results, format))
+    return Response(data, media_type=MEDIA_TYPES[format], headers=disposition)
 
 
 @router.delete(
