@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
 from services.api.problems import problem_responses
+from services.api.seen import seen_png
 from services.api.submission import parse_task_list, parse_versions, submit_image, submit_target
 from shared.errors import ImageTooLarge, InvalidRequest, JobNotFound, UnsupportedMediaType
 from shared.schemas import TERMINAL_STATUSES, Job, Target
@@ -253,15 +254,22 @@ async def cancel_job(job_id: JOB_ID, store: StoreDep) -> Job:
 @router.get(
     "/{job_id}/image",
     operation_id="get_job_image",
-    summary="The image the models saw (for target jobs: the rotated, cropped cutout)",
+    summary="The image the models saw: a target's rotated, cropped cutout, or an upload "
+    "decoded and padded to square",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **problem_responses(404, 422)},
 )
-async def get_job_image(job_id: JOB_ID, store: StoreDep) -> Response:
+async def get_job_image(job_id: JOB_ID, store: StoreDep, settings: SettingsDep) -> Response:
     png = await anyio.to_thread.run_sync(store.seen_image, job_id)
     if png is None:
-        await anyio.to_thread.run_sync(store.get, job_id)  # 404 for an unknown job
-        raise JobNotFound(
-            f"Job {job_id} has no evaluated image (yet): only finished target jobs keep one."
+        job = await anyio.to_thread.run_sync(store.get, job_id)  # 404 for an unknown job
+        if job.input.kind != "image":
+            raise JobNotFound(
+                f"Job {job_id} has no evaluated image yet: a target's cutout is kept once "
+                "the worker has fetched it."
+            )
+        payload = await anyio.to_thread.run_sync(store.payload, job_id)
+        png = await anyio.to_thread.run_sync(
+            lambda: seen_png(payload, max_pixels=settings.max_image_pixels)
         )
-    return Response(png, media_type="image/png")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
