@@ -223,11 +223,19 @@ export function caveats(job, defs) {
   if (incl) {
     if (objectType && objectType.value && objectType.value !== "galaxy") {
       const p = objectType.probabilities?.[objectType.value];
-      out.push({
-        level: "warn",
-        title: `This looks like ${INDEFINITE(words(objectType.value))} ${words(objectType.value)}, not a galaxy`,
-        text: `Object type puts ${words(objectType.value)} at ${pct(p)}. An inclination only means something for a disk galaxy, so treat the ${num(incl.value)}${unitText(incl.unit)} below with suspicion.`,
-      });
+      const galaxy = objectType.probabilities?.galaxy;
+      const unsupported = (defs[objectType.task]?.unsupported_classes || []).includes(objectType.value);
+      out.push(unsupported
+        ? {
+          level: "warn",
+          title: `Object type is unsure this is a galaxy`,
+          text: `Its top answer, ${words(objectType.value)} (${pct(p)}), is a class it cannot be trusted on; it gives a galaxy ${pct(galaxy)}. Look at the image before using the ${num(incl.value)}${unitText(incl.unit)} inclination.`,
+        }
+        : {
+          level: "warn",
+          title: `This looks like ${INDEFINITE(words(objectType.value))} ${words(objectType.value)}, not a galaxy`,
+          text: `Object type puts ${words(objectType.value)} at ${pct(p)}${galaxy !== undefined ? ` and a galaxy at ${pct(galaxy)}` : ""}. An inclination only means something for a disk galaxy, so treat the ${num(incl.value)}${unitText(incl.unit)} below with suspicion.`,
+        });
     }
     if (rejection?.probabilities) {
       const faceOn = rejection.probabilities.face_on;

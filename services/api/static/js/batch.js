@@ -138,11 +138,12 @@ export async function showBatch(view, batchId) {
   const stats = h("div", { class: "stats", "aria-live": "polite" });
   const status = h("span", { class: "pill queued" }, "…");
   const after = h("div", {});
+  const downloadNote = h("p", { class: "sub" }, "Download the rows answered so far:");
   fill(view,
     h("p", {}, h("a", { href: "#/batch" }, "← Run another catalog")),
     h("article", { class: "result", "data-batch": batchId },
       h("header", {}, h("h1", { id: "batch-title", style: { fontSize: "1.3rem", margin: 0 } }, "Catalog"), status, h("span", { class: "meta" }, "batch ", h("code", {}, batchId.slice(0, 8)))),
-      h("div", { style: { padding: "1rem 1.2rem" } }, label, bar, stats, h("p", { class: "sub" }, "Results so far:"), downloads(batchId), after)));
+      h("div", { style: { padding: "1rem 1.2rem" } }, label, bar, stats, downloadNote, downloads(batchId), after)));
   let failures = 0;
   let announced = false;
   while (following === batchId) {
@@ -177,6 +178,7 @@ export async function showBatch(view, batchId) {
       h("span", {}, `${p.pending.toLocaleString("en")} pending`),
       h("span", { class: "muted" }, `tasks: ${batch.tasks.join(", ")}`));
     if (["succeeded", "failed", "cancelled"].includes(batch.status)) {
+      downloadNote.textContent = "Download the results:";
       if (!announced) announce(`Catalog ${batch.status}: ${p.done} answered, ${p.failed} failed of ${p.total}.`);
       announced = true;
       await showRows(after, batchId, batch);

@@ -47,10 +47,16 @@ export async function showModels(view) {
     })));
 }
 
+function metricText(value) {
+  if (Number.isInteger(value)) return value.toLocaleString("en");
+  if (value !== 0 && Math.abs(value) < 0.001) return value.toExponential(1);
+  return num(value, 4);
+}
+
 function scalarRows(metrics) {
   const rows = [];
   for (const [key, value] of Object.entries(metrics || {})) {
-    if (typeof value === "number") rows.push([words(key), Number.isInteger(value) ? value.toLocaleString("en") : num(value, 4)]);
+    if (typeof value === "number") rows.push([words(key), metricText(value)]);
     else if (typeof value === "string" && value.length < 160) rows.push([words(key), value]);
   }
   return rows;
@@ -65,7 +71,7 @@ function nestedTables(metrics) {
       if (entries.length >= 2 && entries.length === Object.keys(value).length) {
         out.push(h("details", { class: "more" }, h("summary", {}, sentence(key)),
           h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": sentence(key) },
-            h("table", {}, h("tbody", {}, entries.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, words(k)), h("td", { class: "num" }, v === null ? "–" : num(v, 4)))))))));
+            h("table", {}, h("tbody", {}, entries.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, words(k)), h("td", { class: "num" }, v === null ? "–" : metricText(v)))))))));
       }
     }
   }
