@@ -162,7 +162,8 @@ class PgcTarget(_TargetBase):
     @classmethod
     def _digits(cls, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError("pgc must be a whole number such as 2557, or text like 'PGC 2557'")
+            # ValueError, not TypeError: pydantic turns only the former into a 422 message.
+            raise ValueError("pgc must be a whole number such as 2557, or text like 'PGC 2557'")  # noqa: TRY004
         if isinstance(value, str):
             match = _PGC_TEXT.fullmatch(value)
             if match is None:

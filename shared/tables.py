@@ -229,14 +229,10 @@ def table_bytes(table: Any, fmt: str) -> bytes:
         buffer = io.StringIO()
         table.write(buffer, format="ascii.ecsv")
         return buffer.getvalue().encode()
-    if fmt == "fits":
-        buffer = io.BytesIO()
-        _safe_names(table).write(buffer, format="fits")
-        return buffer.getvalue()
-    if fmt == "votable":
-        buffer = io.BytesIO()
-        _safe_names(table).write(buffer, format="votable")
-        return buffer.getvalue()
+    if fmt in ("fits", "votable"):
+        binary = io.BytesIO()
+        _safe_names(table).write(binary, format=fmt)
+        return binary.getvalue()
     if fmt == "parquet":
         return _parquet(table)
     raise ValueError(f"Unknown table format {fmt!r}; use one of {', '.join(TABLE_FORMATS)}.")

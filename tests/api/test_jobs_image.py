@@ -9,7 +9,7 @@ from astropy.io import fits
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.helpers.images import encode, ellipse
+from tests.helpers.images import ellipse, encode
 
 
 def test_an_upload_is_shown_padded_to_square(client: TestClient) -> None:

@@ -116,9 +116,11 @@ def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             batch_chunk_rows=2,
         )
         try:
-            with running_worker(env, log_file=log, served="inclination", timeout_s=120):
-                with serve(create_app(settings)) as live:
-                    yield RunningSystem(live.url, settings, stand_in, log)
+            with (
+                running_worker(env, log_file=log, served="inclination", timeout_s=120),
+                serve(create_app(settings)) as live,
+            ):
+                yield RunningSystem(live.url, settings, stand_in, log)
         finally:
             client = redis.Redis.from_url(redis_url)
             keys = list(client.scan_iter(match=f"{prefix}*", count=500))
