@@ -67,3 +67,8 @@ def test_api_docs_use_local_assets_only(client: TestClient, page: str) -> None:
         assert not url.startswith(("/", "http")), url
         assert client.get(f"/{url}").status_code == 200, url
     assert "openapi.json" in html.text
+
+
+def test_redoc_bundle_fetches_nothing_from_outside(client: TestClient) -> None:
+    bundle = client.get("/static/docs/redoc.standalone.js").text
+    assert "cdn.redoc.ly" not in bundle and "static/favicon.svg" in bundle

@@ -68,9 +68,13 @@ def _require_chromium() -> str:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per module.
+
+    Not per session: Playwright's sync API runs an event loop in the main thread while
+    it is open, and other tests (the async client's) need ``asyncio.run`` afterwards.
+    """
     executable = _require_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -92,7 +96,7 @@ class RunningSystem:
     worker_log: Path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     """Redis, a worker on the default models (cutouts from the stand-in) and the API."""
     prefix = f"t-{uuid.uuid4().hex[:12]}"
@@ -150,7 +154,7 @@ class PrefixProxy:
         await self.app(scope, receive, send)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def proxied(system: RunningSystem) -> Iterator[LiveServer]:
     """The same API behind a proxy at ``/skyserve/``."""
     with serve(PrefixProxy(create_app(system.settings), "/skyserve")) as live:  # type: ignore[arg-type]

@@ -206,6 +206,11 @@ def test_a_bad_file_shows_its_message(page: Any, system: RunningSystem, tmp_path
 
 
 def test_keyboard_only_upload(page: Any, system: RunningSystem, tmp_path: Path) -> None:
+    # Listen before anything happens: Playwright turns on file-chooser interception
+    # without waiting for the browser's reply, so a listener added just before the key
+    # press can miss the dialog.
+    choosers: list[Any] = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
     _open(page, system)
     image = _png(tmp_path, "keyboard.png", seed=9)
     for _ in range(40):  # Tab through the page to the upload button, as a person would
@@ -214,9 +219,13 @@ def test_keyboard_only_upload(page: Any, system: RunningSystem, tmp_path: Path) 
             break
     else:
         pytest.fail("Tab never reached the 'Choose an image' button")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(image))
+    page.keyboard.press("Enter")
+    for _ in range(300):
+        if choosers:
+            break
+        page.wait_for_timeout(100)
+    assert choosers, "Enter on 'Choose an image…' opened no file chooser"
+    choosers[0].set_files(str(image))
     card = _finished_card(page)
     assert card.locator(".pill").inner_text().lower() == "succeeded"
     # Every input of the form has a label a screen reader reads.

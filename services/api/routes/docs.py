@@ -8,6 +8,7 @@ proxy strips it. Every URL in the two pages is relative to the page.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 
 from fastapi import APIRouter
@@ -70,5 +71,19 @@ def docs_asset(name: str) -> Response:
     media = DOCS_ASSETS.get(name)
     if media is None:
         raise HTTPException(404, f"There is no documentation asset {name!r}.")
+    return Response(
+        _asset(name), media_type=media, headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
+#: ReDoc's side menu shows a logo from Redocly's CDN; the page's own icon replaces it,
+#: so not even an image request leaves the machine.
+_OUTSIDE = {b"https://cdn.redoc.ly/redoc/logo-mini.svg": b"static/favicon.svg"}
+
+
+@lru_cache(maxsize=len(DOCS_ASSETS))
+def _asset(name: str) -> bytes:
     data = (resources.files("fastapi_offline") / "static" / name).read_bytes()
-    return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=86400"})
+    for outside, local in _OUTSIDE.items():
+        data = data.replace(outside, local)
+    return data
