@@ -29,9 +29,11 @@ install-run: $(VENV)/.run-installed ## Install what `make run` needs (no TensorF
 
 install-test: $(VENV)/.test-installed ## Install everything, trainer and test tools included
 
-system-deps: ## Debian packages for the full suite: stellarium-data (photos), docker-compose (needs root)
-	@if dpkg -s stellarium-data docker-compose >/dev/null 2>&1; then echo "system packages present"; \
-	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stellarium-data docker-compose; fi
+SYSTEM_PACKAGES := stellarium-data docker-compose chromium
+
+system-deps: ## Debian packages for the full suite: stellarium-data (photos), docker-compose, chromium (browser tests; needs root)
+	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then echo "system packages present"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); fi
 
 run: install-run ## Run Redis (embedded unless REDIS_URL), a worker and the API on :8000
 	$(VENV)/bin/skyserve-local

@@ -119,6 +119,11 @@ class Manifest(BaseModel):
     training: dict[str, Any] = Field(
         default_factory=dict, description="Data description, hyper-parameters, reproduce command."
     )
+    # Model-card text of this version; each falls back to the task definition's when unset.
+    intended_use: str | None = None
+    limitations: list[str] = Field(default_factory=list)
+    license: str | None = None
+    citation: str | None = None
 
 
 def sha256_file(path: Path) -> str:

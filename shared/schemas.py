@@ -7,9 +7,21 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictFloat,
+    StrictInt,
+    Tag,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from shared.registry import Calibration
 
@@ -25,6 +37,11 @@ __all__ = [
     "JobResult",
     "Job",
     "TargetInput",
+    "PgcTarget",
+    "NameTarget",
+    "PositionTarget",
+    "Target",
+    "target_kinds",
     "BatchRow",
     "BatchRowResult",
     "Batch",
@@ -112,6 +129,176 @@ class ImageInput(BaseModel):
     format: str
     width: int
     height: int
+
+
+_MAX_PGC = 999_999_999
+# ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses.
+_PGC_TEXT = re.compile(r"\s*(?:PGC|LEDA)?\s*([0-9]{1,9})\s*", re.IGNORECASE)
+
+#: The keys that say what kind of target a JSON object is, by kind.
+_TARGET_KEYS: dict[str, tuple[str, ...]] = {
+    "pgc": ("pgc",),
+    "name": ("name",),
+    "coordinates": ("ra", "dec", "coordinates"),
+}
+_TARGET_FORMS = (
+    '{"pgc": 2557}, {"name": "M33"}, {"ra": 10.68, "dec": 41.27} or '
+    '{"coordinates": "00h42m44.3s +41d16m09s"}, each with an optional "fov_arcmin"'
+)
+
+
+def target_kinds(value: Any) -> list[str]:
+    """The kinds of target (``pgc``, ``name``, ``coordinates``) whose keys ``value`` has."""
+    if isinstance(value, _TargetBase):
+        return [value.kind]
+    if not isinstance(value, dict):
+        return []
+    return [kind for kind, keys in _TARGET_KEYS.items() if any(k in value for k in keys)]
+
+
+def _target_tag(value: Any) -> str | None:
+    kinds = target_kinds(value)
+    # A mixture is sent to its first kind, whose validator names the conflict.
+    return kinds[0] if kinds else None
+
+
+class _TargetBase(BaseModel):
+    """What every kind of target shares: unknown keys and mixtures are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: ClassVar[str]
+
+    fov_arcmin: float | None = Field(
+        default=None,
+        ge=0.05,
+        le=600.0,
+        description="Field of view in arcminutes (default: 1.5 × the object's major axis, "
+        "or 2′ for a position with no catalogued object).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        kinds = target_kinds(data)
+        if len(kinds) > 1:
+            raise ValueError(
+                f"the target mixes {' and '.join(kinds)}; give exactly one of {_TARGET_FORMS}"
+            )
+        return data
+
+
+class PgcTarget(_TargetBase):
+    """A galaxy by its PGC (HyperLEDA) number."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"pgc": 2557}, {"pgc": "PGC 2557"}]}
+    )
+    kind: ClassVar[str] = "pgc"
+
+    pgc: int = Field(
+        ge=1,
+        le=_MAX_PGC,
+        description="PGC number: 2557, or text such as 'PGC 2557' or 'PGC002557'.",
+    )
+
+    @field_validator("pgc", mode="before")
+    @classmethod
+    def _digits(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            # ValueError, not TypeError: pydantic turns only the former into a 422 message.
+            raise ValueError("pgc must be a whole number such as 2557, or text like 'PGC 2557'")  # noqa: TRY004
+        if isinstance(value, str):
+            match = _PGC_TEXT.fullmatch(value)
+            if match is None:
+                raise ValueError(
+                    f"{value[:40]!r} is not a PGC number; write it like 2557 or 'PGC 2557'"
+                )
+            return int(match.group(1))
+        return value
+
+
+class NameTarget(_TargetBase):
+    """A catalogued object by name: NGC/IC/Messier/UGC/PGC or a common name."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "M33"}, {"name": "NGC 4565"}]}
+    )
+    kind: ClassVar[str] = "name"
+
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+        description="Any spacing or case: 'M33', 'NGC 598', 'Triangulum Galaxy'.",
+    )
+
+
+_Angle = StrictFloat | StrictInt | Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class PositionTarget(_TargetBase):
+    """A sky position (ICRS): ``ra`` + ``dec``, or both in one ``coordinates`` string."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"ra": 10.6848, "dec": 41.2689, "fov_arcmin": 5},
+                {"ra": "00h42m44.3s", "dec": "+41d16m09s"},
+                {"coordinates": "00h42m44.3s +41d16m09s"},
+            ]
+        },
+    )
+    kind: ClassVar[str] = "coordinates"
+
+    ra: _Angle | None = Field(
+        default=None, description="Degrees, or sexagesimal hours ('00h42m44.3s', '00:42:44.3')."
+    )
+    dec: _Angle | None = Field(
+        default=None, description="Degrees, or sexagesimal degrees ('+41d16m09s', '+41:16:09')."
+    )
+    coordinates: str | None = Field(
+        default=None,
+        min_length=3,
+        max_length=80,
+        description="RA and Dec in one SkyCoord-style string: '00h42m44.3s +41d16m09s', "
+        "'00:42:44.3 +41:16:09' or '10.6848 41.2689'.",
+    )
+
+    @model_validator(mode="after")
+    def _parse(self) -> PositionTarget:
+        from shared.coordinates import parse_coordinates
+        from shared.errors import InvalidRequest
+
+        pair = self.ra is not None or self.dec is not None
+        if pair and self.coordinates is not None:
+            raise ValueError("give either ra + dec or coordinates, not both")
+        if not pair and self.coordinates is None:
+            raise ValueError('give ra and dec, or "coordinates": "00h42m44.3s +41d16m09s"')
+        if pair and (self.ra is None or self.dec is None):
+            raise ValueError("ra and dec go together; give both")
+        try:
+            if self.coordinates is not None:
+                parse_coordinates(self.coordinates)
+            else:
+                parse_coordinates(self.ra, self.dec)  # type: ignore[arg-type]
+        except InvalidRequest as exc:
+            raise ValueError(exc.detail) from None
+        return self
+
+
+Target = Annotated[
+    Annotated[PgcTarget, Tag("pgc")]
+    | Annotated[NameTarget, Tag("name")]
+    | Annotated[PositionTarget, Tag("coordinates")],
+    Discriminator(
+        _target_tag,
+        custom_error_type="target_kind",
+        custom_error_message=f"A target is one of {_TARGET_FORMS}.",
+        custom_error_context={"forms": _TARGET_FORMS},
+    ),
+]
+"""A target job's ``target``: a PGC number, a name, or a sky position (one of them)."""
 
 
 class TargetInput(BaseModel):

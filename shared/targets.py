@@ -16,9 +16,9 @@ from shared.schemas import TargetInput
 
 __all__ = ["resolve_target", "row_locator", "LOCATOR_COLUMNS", "TARGET_KEYS"]
 
-TARGET_KEYS = ("pgc", "name", "target", "ra", "dec", "fov_arcmin")
+TARGET_KEYS = ("pgc", "name", "target", "ra", "dec", "coordinates", "fov_arcmin")
 #: Columns that say what a catalog row looks at; a batch needs one of them.
-LOCATOR_COLUMNS = ("image_url", "url", "file", "pgc", "name", "target", "ra")
+LOCATOR_COLUMNS = ("image_url", "url", "file", "pgc", "name", "target", "ra", "coordinates")
 #: Radius of the cone search that names the object at a requested position.
 _MATCH_ARCMIN = 1.0
 
@@ -37,7 +37,7 @@ def row_locator(values: Mapping[str, str]) -> str | None:
         return "pgc"
     if values.get("name") or values.get("target"):
         return "name"
-    if values.get("ra") and values.get("dec"):
+    if (values.get("ra") and values.get("dec")) or values.get("coordinates"):
         return "coordinates"
     return None
 
@@ -55,7 +55,8 @@ def _fov(value: Any) -> float | None:
 
 
 def resolve_target(query: Mapping[str, Any], resolver: Resolver) -> TargetInput:
-    """Resolve a target given as ``pgc``, ``name`` (or ``target``), or ``ra`` + ``dec``.
+    """Resolve a target given as ``pgc``, ``name`` (or ``target``), ``ra`` + ``dec``, or
+    ``coordinates`` (both in one string, e.g. ``"00h42m44.3s +41d16m09s"``).
 
     A named object is imaged over 1.5 × its major axis and turned by its position
     angle (IncliNET's recipe); ``fov_arcmin`` overrides the field. A position is
@@ -79,8 +80,13 @@ def resolve_target(query: Mapping[str, Any], resolver: Resolver) -> TargetInput:
         obj = resolver.resolve_pgc(int(digits)) if number else resolver.resolve(text[:200])
     elif name not in (None, ""):
         obj = resolver.resolve(str(name))
-    elif query.get("ra") not in (None, "") and query.get("dec") not in (None, ""):
-        ra, dec = parse_coordinates(query["ra"], query["dec"])
+    elif (query.get("ra") not in (None, "") and query.get("dec") not in (None, "")) or query.get(
+        "coordinates"
+    ) not in (None, ""):
+        if query.get("coordinates") not in (None, ""):
+            ra, dec = parse_coordinates(str(query["coordinates"]))
+        else:
+            ra, dec = parse_coordinates(query["ra"], query["dec"])
         match = resolver.nearest(ra, dec, _MATCH_ARCMIN)
         obj = match[0] if match else None
         return TargetInput(
@@ -93,7 +99,8 @@ def resolve_target(query: Mapping[str, Any], resolver: Resolver) -> TargetInput:
         )
     else:
         raise InvalidRequest(
-            'Name a target: {"pgc": 2557}, {"name": "M33"}, or {"ra": 10.68, "dec": 41.27}.'
+            'Name a target: {"pgc": 2557}, {"name": "M33"}, {"ra": 10.68, "dec": 41.27} or '
+            '{"coordinates": "00h42m44.3s +41d16m09s"}.'
         )
     if obj.ra_deg is None or obj.dec_deg is None:
         raise InvalidRequest(f"{obj.name} has no catalogued position, so it cannot be imaged.")

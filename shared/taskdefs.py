@@ -87,6 +87,22 @@ class TaskDefinition(BaseModel):
     # classification: mutually exclusive classes; multilabel: independent labels.
     labels: list[str] | None = None
     vote_tree: VoteTreeSchema | None = None
+    # What a model card says about every version of the task (a manifest may add its own).
+    intended_use: str | None = Field(default=None, description="What the answers are for.")
+    limitations: list[str] = Field(
+        default_factory=list, description="Known limitations, in words a user can act on."
+    )
+    unsupported_classes: list[str] = Field(
+        default_factory=list,
+        description="Labels the models cannot be trusted on (too few training examples).",
+    )
+    error_metric: str | None = Field(
+        default=None,
+        description="Held-out metric (a key of the manifest's metrics) that is the headline "
+        "value's error, e.g. rms_deg; quoted with every answer.",
+    )
+    license: str | None = None
+    citation: str | None = None
 
     @model_validator(mode="after")
     def _check_kind(self) -> TaskDefinition:
@@ -96,6 +112,9 @@ class TaskDefinition(BaseModel):
             raise ValueError(f"{self.kind} task {self.name!r} needs labels")
         if self.kind == "vote_tree" and self.vote_tree is None:
             raise ValueError(f"vote_tree task {self.name!r} needs a vote_tree schema")
+        unknown = [c for c in self.unsupported_classes if c not in (self.labels or [])]
+        if unknown:
+            raise ValueError(f"unsupported_classes of {self.name!r} are not labels: {unknown}")
         return self
 
     @property

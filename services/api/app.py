@@ -18,7 +18,7 @@ from services.api.access_log import AccessLogMiddleware
 from services.api.limits import ActiveJobs, BodyLimitMiddleware, RateLimiter, TimeoutMiddleware
 from services.api.problems import CatchAllMiddleware, install_problem_handlers
 from services.api.queue import JobQueue
-from services.api.routes import batches, health, jobs, metrics, models, web
+from services.api.routes import batches, docs, health, jobs, metrics, models, web
 from services.api.settings import ApiSettings, get_settings
 from shared.apikeys import KeyStore
 from shared.batchstore import BatchStore
@@ -99,7 +99,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        root_path=settings.root_path,
+        # Served by routes.docs from local assets instead of FastAPI's CDN pages.
+        docs_url=None,
+        redoc_url=None,
+        # Passed only when set: FastAPI warns about the parameter even when it is empty.
+        **({"root_path": settings.root_path} if settings.root_path else {}),
         openapi_tags=[
             {"name": "jobs", "description": "Submit images and read answers."},
             {"name": "batches", "description": "Whole catalogs as one job, per-row results."},
@@ -113,6 +117,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(docs.router)
     app.include_router(web.router)
     # Outermost last: the access log sees every answer, the catch-all answers a bug's
     # 500 without dropping the connection, then the time and body limits.
@@ -129,6 +134,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
             "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         )
+        for name, component in jobs.OPENAPI_COMPONENTS.items():
+            schema["components"]["schemas"].setdefault(name, component)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from shared.registry import Calibration, InputSpec, OutputSpec
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["TaskInfo", "MemberCard", "ModelCard", "ReadyCheck", "Readiness"]
+__all__ = ["TaskInfo", "MemberCard", "HeldOutError", "ModelCard", "ReadyCheck", "Readiness"]
 
 
 class TaskInfo(TaskDefinition):
@@ -26,6 +26,14 @@ class MemberCard(BaseModel):
     params: int | None = None
     subset_fraction: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class HeldOutError(BaseModel):
+    """The held-out metric a regression headline is quoted with (e.g. RMS 2.5 deg)."""
+
+    metric: str
+    value: float
+    unit: str | None = None
 
 
 class ModelCard(BaseModel):
@@ -44,6 +52,18 @@ class ModelCard(BaseModel):
     parity_max_abs_diff: float | None
     training: dict[str, Any]
     files: dict[str, str] = Field(description="Evaluation files (plots, metrics.json) → URL.")
+    title: str | None = Field(default=None, description="The task's title.")
+    description: str | None = Field(default=None, description="What the task answers.")
+    intended_use: str | None = None
+    limitations: list[str] = Field(default_factory=list)
+    unsupported_classes: list[str] = Field(
+        default_factory=list, description="Labels this version cannot be trusted on."
+    )
+    license: str | None = None
+    citation: str | None = None
+    held_out_error: HeldOutError | None = Field(
+        default=None, description="The headline value's error on the held-out set, if defined."
+    )
 
 
 class ReadyCheck(BaseModel):

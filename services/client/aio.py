@@ -26,6 +26,7 @@ from services.client.calls import (
     Deadline,
     ImageSource,
     ResultFormat,
+    as_dataframe,
     batch_call,
     batch_finished,
     batch_path,
@@ -39,6 +40,7 @@ from services.client.calls import (
     read_readiness,
     request_args,
     results_destination,
+    results_table,
     retry_after,
     target_call,
     timeout_message,
@@ -105,6 +107,7 @@ class AsyncSkyserveClient:
         name: str | None = None,
         ra: float | str | None = None,
         dec: float | str | None = None,
+        coordinates: str | None = None,
         fov_arcmin: float | None = None,
         tasks: str | Sequence[str] | None = None,
         versions: Mapping[str, int] | None = None,
@@ -116,6 +119,7 @@ class AsyncSkyserveClient:
             name=name,
             ra=ra,
             dec=dec,
+            coordinates=coordinates,
             fov_arcmin=fov_arcmin,
             tasks=tasks,
             versions=versions,
@@ -243,6 +247,15 @@ class AsyncSkyserveClient:
             raise
         os.replace(part, path)
         return path
+
+    async def results_table(self, batch_id: str) -> Any:
+        """See ``SkyserveClient.results_table``."""
+        call = Call("GET", f"{batch_path(batch_id)}/results", params={"format": "ecsv"})
+        return results_table(raise_for_problem(await self._send(call)).content)
+
+    async def results_dataframe(self, batch_id: str) -> Any:
+        """See ``SkyserveClient.results_dataframe``."""
+        return as_dataframe(await self.results_table(batch_id))
 
     async def tasks(self) -> list[dict[str, Any]]:
         """See ``SkyserveClient.tasks``."""

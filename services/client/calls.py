@@ -29,6 +29,7 @@ from services.client.errors import (
 )
 from services.client.settings import ClientSettings
 from shared.schemas import TERMINAL_STATUSES, Batch, Job
+from shared.tables import EXTENSIONS, TABLE_FORMATS
 
 __all__ = [
     "LONG_POLL_SECONDS",
@@ -39,6 +40,8 @@ __all__ = [
     "job_path",
     "batch_path",
     "results_destination",
+    "results_table",
+    "as_dataframe",
     "timeout_message",
     "ImageSource",
     "BatchSource",
@@ -165,22 +168,29 @@ def target_call(
     tasks: str | Sequence[str] | None,
     versions: Mapping[str, int] | None,
     idempotency_key: str | None,
+    coordinates: str | None = None,
 ) -> Call:
-    """``POST /v1/jobs`` with a JSON target: a PGC number, a name, or ``ra`` + ``dec``.
+    """``POST /v1/jobs`` with a JSON target: a PGC number, a name, ``ra`` + ``dec``, or
+    ``coordinates`` (both in one string, e.g. ``"00h42m44.3s +41d16m09s"``).
 
     Raises
     ------
     ValueError
-        Unless exactly one of ``pgc``, ``name`` or the pair ``ra``/``dec`` is given.
+        Unless exactly one of ``pgc``, ``name``, ``coordinates`` or the pair
+        ``ra``/``dec`` is given.
     """
-    given = [label for label, v in (("pgc", pgc), ("name", name)) if v is not None]
+    given = [
+        label
+        for label, v in (("pgc", pgc), ("name", name), ("coordinates", coordinates))
+        if v is not None
+    ]
     if ra is not None or dec is not None:
         if ra is None or dec is None:
             raise ValueError("A sky position needs both ra and dec (degrees or sexagesimal).")
         given.append("ra/dec")
     if len(given) != 1:
         raise ValueError(
-            "Give exactly one target: pgc=…, name=… or ra=… with dec=…"
+            "Give exactly one target: pgc=…, name=…, coordinates=… or ra=… with dec=…"
             + (f" (got {', '.join(given)})." if given else ".")
         )
     target: dict[str, Any]
@@ -188,6 +198,8 @@ def target_call(
         target = {"pgc": int(pgc)}
     elif name is not None:
         target = {"name": name}
+    elif coordinates is not None:
+        target = {"coordinates": coordinates}
     else:
         target = {"ra": ra, "dec": dec}
     if fov_arcmin is not None:
@@ -321,7 +333,7 @@ def read_readiness(response: httpx.Response) -> dict[str, Any]:
 
 
 # -- shared by both clients ----------------------------------------------------------------
-ResultFormat = Literal["csv", "json"]
+ResultFormat = Literal["csv", "json", "ecsv", "fits", "votable", "parquet"]
 
 #: Statuses worth retrying while waiting: the server said "not now", not "no".
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
@@ -394,12 +406,36 @@ def results_destination(
     Raises
     ------
     ValueError
-        For a format other than ``csv`` or ``json``.
+        For a format that is not one of :data:`shared.tables.TABLE_FORMATS`.
     """
-    if fmt not in ("csv", "json"):
-        raise ValueError(f"format must be 'csv' or 'json', not {fmt!r}.")
-    path = Path(dest) if dest is not None else Path(f"{batch_id}.{fmt}")
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(TABLE_FORMATS)}, not {fmt!r}.")
+    path = Path(dest) if dest is not None else Path(f"{batch_id}{EXTENSIONS[fmt]}")
     return path, path.with_name(path.name + ".part")
+
+
+def results_table(data: bytes) -> Any:
+    """Batch results downloaded as ECSV → an ``astropy.table.Table`` (types and units kept)."""
+    from astropy.table import Table
+
+    return Table.read(data.decode("utf-8"), format="ascii.ecsv")
+
+
+def as_dataframe(table: Any) -> Any:
+    """An astropy table as a pandas DataFrame (masked values become NaN/None).
+
+    Raises
+    ------
+    ImportError
+        Without pandas, saying what to install.
+    """
+    try:
+        import pandas  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "A DataFrame needs pandas: pip install pandas (or ask for the astropy Table)."
+        ) from exc
+    return table.to_pandas(index=False)
 
 
 def timeout_message(what: str, *, status: str, timeout: float | None) -> str:

@@ -23,9 +23,14 @@ reject the image, morphology, object type — with ensembles and honest uncertai
 [bold]Examples[/bold]
 
   skyserve predict galaxy.png --task inclination
-  skyserve target --name M33
-  skyserve batch catalog.csv --out results.csv
+  skyserve predict galaxy.fits --out answers.fits
+  skyserve target M33
+  skyserve target "00h42m44.3s +41d16m09s" --fov 5
+  skyserve batch catalog.csv --out results.votable
   skyserve tasks
+
+[bold]Output files[/bold] (--out): the extension picks the format — .csv, .json, .ecsv,
+.fits (binary table), .vot/.votable (VOTable) or .parquet.
 
 Set the server with [bold]--url[/bold] or SKYSERVE_URL (default http://127.0.0.1:8000), the key with
 [bold]--api-key[/bold] or SKYSERVE_API_KEY. Progress and errors go to stderr; tables and
@@ -34,7 +39,7 @@ Set the server with [bold]--url[/bold] or SKYSERVE_URL (default http://127.0.0.1
 [bold]Exit codes[/bold]
 
     0  success
-    1  a job or batch failed (or, with --strict, some batch rows failed)
+    1  a job or batch failed, or some batch rows failed (unless --allow-failures)
     2  usage error (bad options or arguments)
     3  the API refused the request (4xx: unknown task, not an image, unknown target, …)
     4  the server is unavailable (5xx, not ready, or cannot be reached)

@@ -60,7 +60,8 @@ class SkyserveAPIError(SkyserveClientError):
         if self.detail:
             text += f" — {self.detail}"
         suggestions = self.problem.get("suggestions")
-        if suggestions:
+        # The server's detail usually says "Did you mean …?" itself; say it once.
+        if suggestions and "did you mean" not in (self.detail or "").lower():
             shown = suggestions if isinstance(suggestions, list) else [suggestions]
             text += f" Did you mean: {', '.join(map(str, shown))}?"
         return text

@@ -30,6 +30,7 @@ from services.client.calls import (
     Deadline,
     ImageSource,
     ResultFormat,
+    as_dataframe,
     batch_call,
     batch_finished,
     batch_path,
@@ -43,6 +44,7 @@ from services.client.calls import (
     read_readiness,
     request_args,
     results_destination,
+    results_table,
     retry_after,
     target_call,
     timeout_message,
@@ -145,13 +147,15 @@ class SkyserveClient:
         name: str | None = None,
         ra: float | str | None = None,
         dec: float | str | None = None,
+        coordinates: str | None = None,
         fov_arcmin: float | None = None,
         tasks: str | Sequence[str] | None = None,
         versions: Mapping[str, int] | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Queue a catalogued object (``pgc=`` or ``name=``) or a sky position (``ra=``,
-        ``dec=`` in degrees or sexagesimal strings, optional ``fov_arcmin=``).
+        ``dec=`` in degrees or sexagesimal strings, or ``coordinates=`` holding both, e.g.
+        ``"00h42m44.3s +41d16m09s"``), with an optional ``fov_arcmin=``.
 
         Raises
         ------
@@ -166,6 +170,7 @@ class SkyserveClient:
             name=name,
             ra=ra,
             dec=dec,
+            coordinates=coordinates,
             fov_arcmin=fov_arcmin,
             tasks=tasks,
             versions=versions,
@@ -303,7 +308,10 @@ class SkyserveClient:
         *,
         dest: str | os.PathLike[str] | None = None,
     ) -> Path:
-        """Stream a batch's results to ``dest`` (default ``<batch id>.<format>``).
+        """Stream a batch's results to ``dest`` (default ``<batch id>.<extension>``).
+
+        ``format``: ``csv``, ``json``, ``ecsv``, ``fits`` (binary table), ``votable`` or
+        ``parquet``.
 
         The file appears complete or not at all: it is written next to ``dest`` (whose
         folder is created if needed) and renamed when the last byte arrived.
@@ -332,6 +340,25 @@ class SkyserveClient:
             raise
         os.replace(part, path)
         return path
+
+    def results_table(self, batch_id: str) -> Any:
+        """A batch's results (so far) as an ``astropy.table.Table``.
+
+        Columns as in the CSV download, one type each, units on the task columns
+        (``inclination`` in deg) and missing answers masked. Read through ECSV.
+        """
+        call = Call("GET", f"{batch_path(batch_id)}/results", params={"format": "ecsv"})
+        return results_table(raise_for_problem(self._send(call)).content)
+
+    def results_dataframe(self, batch_id: str) -> Any:
+        """A batch's results as a pandas DataFrame (needs pandas; see ``results_table``).
+
+        Raises
+        ------
+        ImportError
+            Without pandas.
+        """
+        return as_dataframe(self.results_table(batch_id))
 
     # -- catalogue and health -----------------------------------------------------------
     def tasks(self) -> list[dict[str, Any]]:

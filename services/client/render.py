@@ -32,8 +32,43 @@ __all__ = [
     "models_table",
     "readiness_table",
     "print_problem",
+    "cutout_hint",
     "BatchProgress",
 ]
+
+_CUTOUT_CODES = ("cutout-unavailable", "host-not-allowed")
+
+
+def cutout_hint(problem: Any) -> str | None:
+    """What to do when the server could not image a target: the setting, or an upload.
+
+    ``problem`` is a job's or row's error (a dict or a ``Problem``); None for other errors.
+    """
+    if problem is None:
+        return None
+    data = problem if isinstance(problem, dict) else problem.model_dump()
+    code, detail = data.get("code"), str(data.get("detail") or "")
+    if code not in _CUTOUT_CODES:
+        return None
+    lowered = detail.lower()
+    if code == "host-not-allowed":
+        setting = "add the host to SKYSERVE_CUTOUT_ALLOWED_HOSTS"
+    elif "local archive" in lowered:
+        setting = "put the image in SKYSERVE_CUTOUT_ARCHIVE_DIR"
+    elif "no cutout service" in lowered or "configured" in lowered or "provider" in lowered:
+        setting = (
+            "set SKYSERVE_CUTOUT_PROVIDER (sdss, legacy, http with "
+            "SKYSERVE_CUTOUT_URL_TEMPLATE, or local with SKYSERVE_CUTOUT_ARCHIVE_DIR)"
+        )
+    else:
+        setting = (
+            "raise SKYSERVE_CUTOUT_TIMEOUT_SECONDS / SKYSERVE_CUTOUT_RETRIES, or point "
+            "SKYSERVE_CUTOUT_PROVIDER / SKYSERVE_CUTOUT_URL_TEMPLATE at a survey it can reach"
+        )
+    return (
+        f"The server could not get an image of this target. Whoever runs it can {setting}. "
+        "Or upload an image of it instead: skyserve predict IMAGE (or drop it on the web page)."
+    )
 
 _STATUS_STYLE = {
     JobStatus.QUEUED: "yellow",
@@ -113,9 +148,15 @@ def outcome_rows(outcomes: Sequence[ImageOutcome]) -> Iterable[dict[str, Any]]:
             continue
         for task, result in job.result.tasks.items():
             stdev = (result.summary or {}).get("stdev")
+            probability = (
+                (result.probabilities or {}).get(result.value)
+                if isinstance(result.value, str)
+                else None
+            )
             yield base | {
                 "task": task,
                 "value": result.value,
+                "probability": probability,
                 "stdev": stdev,
                 "label": format_value(result),
                 "model_version": result.model_version,

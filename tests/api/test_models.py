@@ -60,4 +60,4 @@ def test_error_codes_are_unique_and_render_as_problems() -> None:
 
 def test_web_page_is_served(client: TestClient) -> None:
     page = client.get("/")
-    assert page.status_code == 200 and "v1/jobs" in page.text
+    assert page.status_code == 200 and 'src="static/js/main.js"' in page.text

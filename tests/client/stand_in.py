@@ -54,7 +54,7 @@ def job_result(job: Job) -> JobResult:
 class StandInWorker:
     """Finishes this test's queued jobs and batches after ``delay`` seconds.
 
-    ``fail_jobs`` makes jobs fail instead; batch rows whose ``name`` is
+    ``fail_jobs`` makes jobs fail instead (with ``fail_with``, if set); batch rows whose ``name`` is
     ``NoSuchGalaxy`` (or that the API flagged) fail, the others succeed.
     """
 
@@ -64,6 +64,8 @@ class StandInWorker:
         self.jobs = JobStore(self.redis, prefix=self.prefix, ttl_seconds=600)
         self.delay = delay
         self.fail_jobs = False
+        #: The error failed jobs carry (default: an unreadable image).
+        self.fail_with: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stand-in-worker", daemon=True)
 
@@ -91,7 +93,8 @@ class StandInWorker:
         if job.status != JobStatus.QUEUED or not self._due(job.created_at.timestamp()):
             return
         if self.fail_jobs:
-            self.jobs.fail(job_id, InvalidImage("The stand-in worker was told to fail this job."))
+            error = self.fail_with or InvalidImage("The stand-in worker was told to fail this job.")
+            self.jobs.fail(job_id, error)  # type: ignore[arg-type]
         else:
             self.jobs.succeed(job_id, job_result(job))
 

@@ -250,12 +250,13 @@ def catalog(tmp_path: Path) -> Path:
 
 
 @needs_batches
-def test_batch_follows_progress_downloads_and_strict_exits_1(
+def test_batch_follows_progress_downloads_and_failed_rows_exit_1(
     cli, catalog: Path, worker: StandInWorker, tmp_path: Path
 ) -> None:
     out = tmp_path / "results.csv"
     result = cli("batch", str(catalog), "--task", "inclination", "--out", str(out), "--poll", "0.1")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # one row failed: not a success
+    assert "--allow-failures" in result.stderr
     assert "2 done" in result.stderr and "1 failed" in result.stderr
     rows = list(csv.DictReader(out.open()))
     assert [(r["id"], r["status"]) for r in rows] == [
@@ -265,6 +266,8 @@ def test_batch_follows_progress_downloads_and_strict_exits_1(
     strict = cli("batch", str(catalog), "--out", str(tmp_path / "r.json"), "--strict")
     assert strict.exit_code == 1, strict.output
     assert [r["id"] for r in json.loads((tmp_path / "r.json").read_text())] == ["A", "B", "C"]
+    allowed = cli("batch", str(catalog), "--out", str(tmp_path / "a.csv"), "--allow-failures")
+    assert allowed.exit_code == 0, allowed.output
 
 
 @needs_batches

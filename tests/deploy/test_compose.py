@@ -609,3 +609,75 @@ def test_docker_compose_config_validates(profiles: list[str]) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr or proc.stdout
+
+
+# --------------------------------------------------------------------------- serving images
+
+#: Distributions only the trainer needs; a serving image must not carry them.
+TRAINER_ONLY_DISTS = {"tensorflow", "tensorflow-cpu", "tf2onnx", "galsim", "matplotlib", "keras-tuner"}
+#: Modules a serving process must never need (matplotlib: astropy's ImageNormalize).
+TRAINER_ONLY_MODULES = ("matplotlib", "tensorflow", "tf2onnx", "galsim", "keras")
+
+
+def _installed_extras(dockerfile: Path) -> list[str]:
+    """The extras a Dockerfile installs through ``deploy/pyproject_deps.py``."""
+    runs = [i.args for i in parse_dockerfile(dockerfile).of("RUN") if "pyproject_deps.py" in i.args]
+    assert runs, f"{dockerfile.name}: no 'python deploy/pyproject_deps.py EXTRA' install"
+    found = re.search(r"pyproject_deps\.py\s+([A-Za-z0-9_\- ]*?)\s*>", runs[0])
+    assert found, runs[0]
+    return found.group(1).split()
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "extras"),
+    [("worker.Dockerfile", ["worker"]), ("worker-gpu.Dockerfile", ["worker-gpu"]),
+     ("api.Dockerfile", ["api"])],
+)
+def test_serving_images_install_only_serving_extras(dockerfile: str, extras: list[str]) -> None:
+    """Workers and the API get their own extra, never the trainer's packages."""
+    import importlib.util
+
+    path = REPO / "deploy" / dockerfile
+    assert _installed_extras(path) == extras
+    spec = importlib.util.spec_from_file_location("pyproject_deps", REPO / "deploy/pyproject_deps.py")
+    assert spec and spec.loader
+    deps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deps)
+    names = {
+        re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower()
+        for req in deps.requirements(REPO / "pyproject.toml", extras)
+    }
+    assert not names & TRAINER_ONLY_DISTS, f"{dockerfile} installs {names & TRAINER_ONLY_DISTS}"
+
+
+_BLOCKED_IMPORTS = """
+import io, sys
+# None in sys.modules is Python's own way of saying "this module cannot be imported":
+# import raises ModuleNotFoundError and importlib.util.find_spec answers None.
+for name in {blocked!r}:
+    sys.modules[name] = None
+import numpy as np
+from astropy.io import fits
+import services.worker.celery_app, services.worker.tasks, services.worker.answers
+from shared.preprocessing import decode_image
+buffer = io.BytesIO()
+fits.PrimaryHDU(np.outer(np.hanning(40), np.hanning(50)).astype("float32") * 1e4).writeto(buffer)
+image = decode_image(buffer.getvalue(), max_pixels=10**6)
+assert image.shape == (40, 50, 3) and 0.0 <= image.min() and image.max() <= 1.0, image.shape
+print("ok")
+"""
+
+
+def test_worker_import_graph_decodes_fits_without_trainer_packages() -> None:
+    """The worker's modules import, and a FITS file decodes, with matplotlib & co. blocked."""
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCKED_IMPORTS.format(blocked=set(TRAINER_ONLY_MODULES))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

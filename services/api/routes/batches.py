@@ -21,7 +21,7 @@ from services.api.batch_ingest import (
     require_locator,
     zip_rows,
 )
-from services.api.batch_results import csv_lines, json_chunks
+from services.api.batch_results import csv_lines, json_chunks, table_file
 from services.api.deps import BatchStoreDep, QueueDep, RegistryDep, SettingsDep
 from services.api.metrics import JOBS_SUBMITTED
 from services.api.problems import problem_responses
@@ -31,6 +31,8 @@ from shared.batchstore import BatchStore
 from shared.errors import ImageTooLarge, InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from shared.jobstore import new_job_id
 from shared.schemas import Batch, JobStatus
+from shared.tables import EXTENSIONS, MEDIA_TYPES, TABLE_FORMATS
+from shared.targets import LOCATOR_COLUMNS
 
 __all__ = ["router"]
 
@@ -48,7 +50,7 @@ _ROWS = {"type": "array", "minItems": 1, "items": {"type": "object"}}
 #: A CSV whose header names a column that says what to look at, then at least one row
 #: (the columns are checked exactly like this by services.api.batch_ingest.ingest).
 _CSV_PATTERN = (
-    r"^([^,\n\r\"]*,)*[ ]*(image_url|url|file|pgc|name|target|ra)[ ]*(,[^,\n\r\"]*)*\n[^\n\r\"]+"
+    r"^([^,\n\r\"]*,)*[ ]*(" + "|".join(LOCATOR_COLUMNS) + r")[ ]*(,[^,\n\r\"]*)*\n[^\n\r\"]+"
 )
 
 _BODY: dict[str, Any] = {
@@ -312,11 +314,16 @@ async def get_batch(
 @router.get(
     "/{batch_id}/results",
     operation_id="get_batch_results",
-    summary="Per-row results so far (all of them once finished), as CSV or JSON",
+    summary="Per-row results so far (all of them once finished): CSV, JSON, ECSV, FITS, "
+    "VOTable or Parquet",
+    description="`format=csv` (default) and `json` stream row by row. `ecsv`, `fits` (a "
+    "binary table), `votable` and `parquet` are built whole and carry units and column "
+    "descriptions; in `fits` and `votable` column names use `_` for `-` "
+    "(`object_type_p_galaxy`). The columns are those of the CSV.",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/csv": {}, "application/json": {}}},
-        **problem_responses(404, auth=True),
+        200: {"content": {MEDIA_TYPES[f]: {} for f in TABLE_FORMATS}},
+        **problem_responses(404, 422, auth=True),
     },
 )
 async def get_batch_results(
@@ -324,18 +331,25 @@ async def get_batch_results(
     request: Request,
     store: BatchStoreDep,
     caller: ReadCaller,
-    format: Annotated[str, Query(pattern="^(csv|json)$")] = "csv",
-) -> StreamingResponse:
+    format: Annotated[
+        str,
+        Query(pattern=f"^({'|'.join(TABLE_FORMATS)})$", description="One of " + ", ".join(TABLE_FORMATS)),
+    ] = "csv",
+) -> Response:
     await anyio.to_thread.run_sync(check_owner, request, caller, "batch", batch_id)
     batch = await anyio.to_thread.run_sync(store.get, batch_id)
     results = store.iter_results(batch_id, batch.chunks)
+    disposition = {
+        "Content-Disposition": f'attachment; filename="skyserve-{batch_id}{EXTENSIONS[format]}"'
+    }
     if format == "json":
-        return StreamingResponse(json_chunks(results), media_type="application/json")
-    return StreamingResponse(
-        csv_lines(batch, results),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="skyserve-{batch_id}.csv"'},
-    )
+        return StreamingResponse(json_chunks(results), media_type=MEDIA_TYPES["json"])
+    if format == "csv":
+        return StreamingResponse(
+            csv_lines(batch, results), media_type=MEDIA_TYPES["csv"], headers=disposition
+        )
+    data = await anyio.to_thread.run_sync(lambda: table_file(batch, results, format))
+    return Response(data, media_type=MEDIA_TYPES[format], headers=disposition)
 
 
 @router.delete(

@@ -10,18 +10,17 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from pydantic import (
     BaseModel,
     Field,
-    StrictFloat,
     StrictInt,
     StrictStr,
     StringConstraints,
     ValidationError,
-    field_validator,
 )
 from starlette.datastructures import UploadFile
 
 from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, claim
 from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
 from services.api.problems import problem_responses
+from services.api.seen import seen_png
 from services.api.submission import (
     check_versions,
     parse_task_list,
@@ -30,9 +29,9 @@ from services.api.submission import (
     submit_target,
 )
 from shared.errors import ImageTooLarge, InvalidRequest, NoImageYet, UnsupportedMediaType
-from shared.schemas import TERMINAL_STATUSES, Job, check_target_query
+from shared.schemas import TERMINAL_STATUSES, Job, Target
 
-__all__ = ["router"]
+__all__ = ["router", "OPENAPI_COMPONENTS"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -50,31 +49,32 @@ class TargetJobRequest(BaseModel):
                 {"target": {"pgc": 2557}, "tasks": ["inclination"]},
                 {"target": {"name": "M33"}},
                 {"target": {"ra": 10.68, "dec": 41.27, "fov_arcmin": 5}},
+                {"target": {"coordinates": "00h42m44.3s +41d16m09s"}, "tasks": ["inclination"]},
             ]
         }
     }
 
-    # Strict: true/false are not numbers, and "1" stays a string.
-    target: dict[str, StrictStr | StrictInt | StrictFloat] = Field(
-        description='{"pgc": N}, {"name": "M33"}, or {"ra": …, "dec": …, "fov_arcmin": …}'
+    target: Target = Field(
+        description='Exactly one kind of target: {"pgc": N}, {"name": "M33"}, '
+        '{"ra": …, "dec": …} or {"coordinates": "00h42m44.3s +41d16m09s"}, each with an '
+        'optional "fov_arcmin". Mixtures and unknown keys are refused with 422.'
     )
     tasks: list[TaskName] = Field(default_factory=list, description="Default: every served task.")
     versions: dict[TaskName, Annotated[StrictInt, Field(ge=1, lt=10**9)]] = Field(
         default_factory=dict, description="Version pins of requested tasks, e.g. {\"inclination\": 2}."
     )
 
-    @field_validator("target")
-    @classmethod
-    def _plausible(cls, target: dict[str, str | int | float]) -> dict[str, str | int | float]:  # noqa: D102
-        check_target_query(target)
-        return target
 
+# The JSON body's schema refers to the target kinds as components; the app registers
+# them (``OPENAPI_COMPONENTS``) so the references resolve in /openapi.json.
+_TARGET_JOB_SCHEMA = TargetJobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+OPENAPI_COMPONENTS: dict[str, Any] = _TARGET_JOB_SCHEMA.pop("$defs", {})
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": TargetJobRequest.model_json_schema()},
+            "application/json": {"schema": _TARGET_JOB_SCHEMA},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -179,20 +179,44 @@ async def _submit_target_json(request, store, queue, registry, idempotency_key, 
     try:
         body = TargetJobRequest.model_validate_json(raw)
     except ValidationError as exc:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidRequest(f"The JSON body is not a target job: {where}.") from None
+        raise InvalidRequest(
+            f"The JSON body is not a target job: {_validation_text(exc)}.",
+            errors=[
+                {"loc": _location(e["loc"]), "msg": _message(e["msg"]), "type": e["type"]}
+                for e in exc.errors(include_url=False, include_context=False)
+            ],
+        ) from None
     tasks, pins = parse_task_list(body.tasks), check_versions(body.versions)
     return await anyio.to_thread.run_sync(
         lambda: submit_target(
             store=store,
             queue=queue,
             registry=registry,
-            target=dict(body.target),
+            target=body.target.model_dump(exclude_none=True),
             tasks=tasks,
             pins=pins,
             idempotency_key=idempotency_key,
             claim=owned,
         )
+    )
+
+
+def _location(loc: tuple[int | str, ...]) -> list[int | str]:
+    """``('target', 'pgc', 'pgc')`` → ``['target', 'pgc']``: the union's tag repeats the key."""
+    out: list[int | str] = []
+    for part in loc:
+        if not out or out[-1] != part:
+            out.append(part)
+    return out
+
+
+def _message(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, _location(e['loc'])))}: {_message(e['msg'])}" for e in exc.errors()
     )
 
 
@@ -268,17 +292,26 @@ async def cancel_job(job_id: JOB_ID, request: Request, store: StoreDep, caller: 
 @router.get(
     "/{job_id}/image",
     operation_id="get_job_image",
-    summary="The image the models saw (for target jobs: the rotated, cropped cutout)",
+    summary="The image the models saw: a target's rotated, cropped cutout, or an upload "
+    "decoded and padded to square",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **problem_responses(404, 409, auth=True)},
 )
-async def get_job_image(job_id: JOB_ID, request: Request, store: StoreDep, caller: ReadCaller) -> Response:
+async def get_job_image(
+    job_id: JOB_ID, request: Request, store: StoreDep, settings: SettingsDep, caller: ReadCaller
+) -> Response:
     await _check_owner(request, caller, job_id)
     png = await anyio.to_thread.run_sync(store.seen_image, job_id)
     if png is None:
-        await anyio.to_thread.run_sync(store.get, job_id)  # 404 for an unknown job
-        # The job exists; its image does not (yet): a state conflict, not a missing job.
-        raise NoImageYet(
-            f"Job {job_id} has no evaluated image (yet): only finished target jobs keep one."
+        job = await anyio.to_thread.run_sync(store.get, job_id)  # 404 for an unknown job
+        if job.input.kind != "image":
+            # The job exists; its image does not (yet): a state conflict, not a missing job.
+            raise NoImageYet(
+                f"Job {job_id} has no evaluated image yet: a target's cutout is kept once "
+                "the worker has fetched it."
+            )
+        payload = await anyio.to_thread.run_sync(store.payload, job_id)
+        png = await anyio.to_thread.run_sync(
+            lambda: seen_png(payload, max_pixels=settings.max_image_pixels)
         )
-    return Response(png, media_type="image/png")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -11,9 +11,8 @@ from fastapi.responses import FileResponse
 from services.api.auth import AnyCaller
 from services.api.deps import RegistryDep
 from services.api.problems import problem_responses
-from shared.errors import Forbidden
-from services.api.schemas import MemberCard, ModelCard, TaskInfo
-from shared.errors import UnknownModelVersion
+from services.api.schemas import HeldOutError, MemberCard, ModelCard, TaskInfo
+from shared.errors import Forbidden, UnknownModelVersion
 from shared.registry import MANIFEST, RegistryReader
 from shared.taskdefs import load_task_definitions
 
@@ -54,7 +53,23 @@ def _card(request: Request, registry: RegistryReader, task: str, version: int) -
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST and _FILE_NAME.match(p.name) and p.suffix != ".onnx"
     }
+    definition = load_task_definitions(registry.root).get(task)
+    error = None
+    if definition is not None and definition.error_metric:
+        value = manifest.metrics.get(definition.error_metric)
+        if isinstance(value, int | float):
+            error = HeldOutError(
+                metric=definition.error_metric, value=float(value), unit=definition.unit
+            )
     return ModelCard(
+        title=definition.title if definition else None,
+        description=definition.description if definition else None,
+        intended_use=manifest.intended_use or (definition.intended_use if definition else None),
+        limitations=[*(definition.limitations if definition else []), *manifest.limitations],
+        unsupported_classes=definition.unsupported_classes if definition else [],
+        license=manifest.license or (definition.license if definition else None),
+        citation=manifest.citation or (definition.citation if definition else None),
+        held_out_error=error,
         task=manifest.task,
         version=manifest.version,
         created=manifest.created,

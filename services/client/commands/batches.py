@@ -22,6 +22,7 @@ from services.client.errors import SkyserveTimeoutError
 from services.client.http import SkyserveClient
 from services.client.render import BatchProgress
 from shared.schemas import Batch, JobStatus
+from shared.tables import format_for_path
 
 __all__ = ["batch", "batch_results"]
 
@@ -30,11 +31,20 @@ FormatOpt = Annotated[
     ResultsFormat | None,
     typer.Option(
         "--format",
-        metavar="csv|json",
-        help="Results as csv or json (default: from --out, else csv).",
+        metavar="FORMAT",
+        help="csv, json, ecsv, fits (binary table), votable or parquet "
+        "(default: from the --out extension, else csv).",
     ),
 ]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 1 if any row failed.")]
+AllowFailuresOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-failures",
+        help="Exit 0 even if some rows failed (by default a batch with failed rows exits 1).",
+    ),
+]
+# Kept so scripts written for the old opt-in keep working; failing rows now fail by default.
+StrictOpt = Annotated[bool, typer.Option("--strict", hidden=True)]
 BatchTimeoutOpt = Annotated[
     float | None,
     typer.Option(
@@ -56,14 +66,12 @@ def _follow_batch(
     out: Path | None,
     fmt: ResultsFormat | None,
     wait: bool,
-    strict: bool,
+    allow_failures: bool,
     timeout: float | None,
     poll: float,
 ) -> ExitCode:
     """Show progress until the batch ends (if ``wait``), then download its results."""
-    fmt = fmt or (
-        ResultsFormat.json if out and out.suffix.lower() == ".json" else ResultsFormat.csv
-    )
+    fmt = fmt or _format_of(out)
     if wait:
         try:
             with BatchProgress(err_console, batch.id) as bar:
@@ -90,9 +98,29 @@ def _follow_batch(
     )
     if batch.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         return ExitCode.FAILED
-    if strict and p.failed:
+    if p.failed and not allow_failures:
+        err_console.print(
+            f"[red]{p.failed} row(s) failed[/]; their reasons are in the 'error' column. "
+            "Exit code 1 (add --allow-failures to accept them)."
+        )
         return ExitCode.FAILED
     return ExitCode.OK
+
+
+def _format_of(out: Path | None) -> ResultsFormat:
+    """The results format an ``--out`` file's extension asks for (csv without one).
+
+    Raises
+    ------
+    typer.BadParameter
+        For an extension that names no format (nothing is written in disguise).
+    """
+    if out is None or not out.suffix:
+        return ResultsFormat.csv
+    try:
+        return ResultsFormat(format_for_path(out))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
 
 
 @exit_codes
@@ -124,7 +152,8 @@ def batch(
             "-o",
             dir_okay=False,
             metavar="FILE",
-            help="Where to write the results (default: BATCH_ID.csv or .json).",
+            help="Where to write the results; the extension picks the format (.csv, .json, "
+            ".ecsv, .fits, .vot/.votable, .parquet). Default: BATCH_ID.csv.",
             show_default=False,
         ),
     ] = None,
@@ -132,6 +161,7 @@ def batch(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Follow progress and download, or just submit.")
     ] = True,
+    allow_failures: AllowFailuresOpt = False,
     strict: StrictOpt = False,
     timeout: BatchTimeoutOpt = None,
     poll: PollOpt = 1.0,
@@ -145,10 +175,15 @@ def batch(
     [bold]Examples[/bold]
 
       skyserve batch catalog.csv --task inclination --out results.csv
+      skyserve batch catalog.csv --out results.fits     # FITS binary table (.ecsv, .vot, .parquet too)
       skyserve batch galaxies.zip --format json --out results.json
       skyserve batch catalog.csv --no-wait          # prints the batch id
-      skyserve batch catalog.csv --strict || echo "some rows failed"
+      skyserve batch catalog.csv --allow-failures   # exit 0 even if some rows failed
+
+    A batch in which any row failed exits with code 1 unless --allow-failures.
     """
+    if out is not None and fmt is None:
+        _format_of(out)  # refuse a bad extension before submitting
     with client(ctx) as sky:
         record = sky.submit_batch(
             catalog, tasks=task, versions=parse_pins(version), id_column=id_column
@@ -161,7 +196,14 @@ def batch(
             )
             raise typer.Exit(ExitCode.OK)
         code = _follow_batch(
-            sky, record, out=out, fmt=fmt, wait=wait, strict=strict, timeout=timeout, poll=poll
+            sky,
+            record,
+            out=out,
+            fmt=fmt,
+            wait=wait,
+            allow_failures=allow_failures,
+            timeout=timeout,
+            poll=poll,
         )
     raise typer.Exit(code)
 
@@ -188,6 +230,7 @@ def batch_results(
         bool,
         typer.Option("--wait/--no-wait", help="Wait until it finishes, or download what is done."),
     ] = True,
+    allow_failures: AllowFailuresOpt = False,
     strict: StrictOpt = False,
     timeout: BatchTimeoutOpt = None,
     poll: PollOpt = 1.0,
@@ -197,13 +240,23 @@ def batch_results(
     [bold]Examples[/bold]
 
       skyserve batch-results 3f2c… --out results.csv
+      skyserve batch-results 3f2c… --out results.parquet
       skyserve batch-results 3f2c… --no-wait --format json   # the rows done so far
 
     Exit codes as for 'skyserve batch'.
     """
+    if out is not None and fmt is None:
+        _format_of(out)
     with client(ctx) as sky:
         record = sky.get_batch(batch_id)
         code = _follow_batch(
-            sky, record, out=out, fmt=fmt, wait=wait, strict=strict, timeout=timeout, poll=poll
+            sky,
+            record,
+            out=out,
+            fmt=fmt,
+            wait=wait,
+            allow_failures=allow_failures,
+            timeout=timeout,
+            poll=poll,
         )
     raise typer.Exit(code)

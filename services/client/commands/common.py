@@ -43,7 +43,7 @@ class ExitCode(IntEnum):
     """What ``skyserve`` exits with; scripts may rely on these."""
 
     OK = 0
-    FAILED = 1  # a job or batch failed (or some batch rows did, with --strict)
+    FAILED = 1  # a job or batch failed, or some batch rows did (unless --allow-failures)
     USAGE = 2  # typer/click usage errors
     REFUSED = 3  # the API refused the request (4xx)
     UNAVAILABLE = 4  # server error (5xx), not ready, or unreachable
@@ -52,10 +52,14 @@ class ExitCode(IntEnum):
 
 
 class ResultsFormat(StrEnum):
-    """How batch results are downloaded."""
+    """How batch results are downloaded (``--format``, else from the ``--out`` extension)."""
 
     csv = "csv"
     json = "json"
+    ecsv = "ecsv"
+    fits = "fits"
+    votable = "votable"
+    parquet = "parquet"
 
 
 console = Console(highlight=False)

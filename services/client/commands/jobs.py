@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -27,9 +26,10 @@ from services.client.commands.common import (
 )
 from services.client.errors import SkyserveAPIError, SkyserveTimeoutError
 from services.client.http import SkyserveClient
+from services.client.outputs import out_format, write_outcomes
 from services.client.render import (
     ImageOutcome,
-    outcome_rows,
+    cutout_hint,
     print_problem,
     results_table,
     submitted_table,
@@ -77,6 +77,9 @@ def _report(
             + ", ".join(unfinished)
             + " — read them later with [bold]skyserve job ID --wait 60[/bold]."
         )
+    hints = {cutout_hint(o.job.error) for o in outcomes if o.job is not None} - {None}
+    for hint in sorted(hints):  # type: ignore[type-var]
+        err_console.print(f"[yellow]Hint:[/] {escape(str(hint))}")
     if any(o.error is not None for o in outcomes):
         return ExitCode.REFUSED
     if late:
@@ -88,16 +91,32 @@ def _report(
 
 
 def _write_outcomes(path: Path, outcomes: list[ImageOutcome]) -> None:
-    if path.suffix.lower() == ".csv":
-        rows = list(outcome_rows(outcomes))
-        fields = ["input", "job", "status", "task", "value", "stdev", "model_version", "error"]
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        path.write_text(json.dumps([o.as_json() for o in outcomes], indent=2, default=str))
-    err_console.print(f"Wrote {escape(str(path))}")
+    fmt = write_outcomes(path, outcomes)
+    err_console.print(f"Wrote {escape(str(path))} ({fmt})")
+
+
+def _check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` whose extension names no format, before submitting anything."""
+    if out is None:
+        return
+    try:
+        out_format(out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
+
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        dir_okay=False,
+        metavar="FILE",
+        help="Also write the results to FILE; its extension picks the format: .csv, .json, "
+        ".ecsv, .fits (binary table), .vot/.votable (VOTable) or .parquet.",
+        show_default=False,
+    ),
+]
 
 
 @exit_codes
@@ -119,17 +138,7 @@ def predict(
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
     json_output: JsonOpt = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            dir_okay=False,
-            metavar="FILE",
-            help="Also write the results to this file: a table for .csv, JSON otherwise.",
-            show_default=False,
-        ),
-    ] = None,
+    out: OutOpt = None,
 ) -> None:
     """Ask about one or more images, one job each; print value ± stdev per task.
 
@@ -137,11 +146,13 @@ def predict(
 
       skyserve predict galaxy.png
       skyserve predict *.png --task inclination --out answers.csv
+      skyserve predict galaxy.fits --out answers.fits   # a FITS binary table
       skyserve predict galaxy.fits --json | jq '.[0].job.result.tasks'
       skyserve predict big.png --no-wait        # prints the job id; see 'skyserve job'
 
     An image the API refuses is reported and the others still run (exit code 3).
     """
+    _check_out(out)
     pins = parse_pins(version)
     outcomes: list[ImageOutcome] = []
     with client(ctx) as sky:
@@ -179,9 +190,35 @@ def _coordinate(value: str | None) -> float | str | None:
         return value  # sexagesimal, parsed by the API
 
 
+_PGC = re.compile(r"\s*(?:PGC|LEDA)\s*0*([0-9]{1,9})\s*|\s*([0-9]{1,9})\s*", re.IGNORECASE)
+# Two numbers, or sexagesimal fields (h/m/s, d/m/s, colons) with a signed or third-field Dec.
+_POSITION = re.compile(
+    r"^\s*[0-9.]+[hd:\s][0-9hdms:.\s]*\s[+-]?[0-9][0-9dms:.'\"\s]*$|"
+    r"^\s*[0-9.]+(?:d|deg)?\s*[,\s]\s*[+-]?[0-9.]+(?:d|deg)?\s*$"
+)
+
+
+def _what(text: str) -> dict[str, object]:
+    """Read a positional target: a PGC number, a sky position, or else a name."""
+    if match := _PGC.fullmatch(text):
+        return {"pgc": int(match.group(1) or match.group(2))}
+    if _POSITION.match(text):
+        return {"coordinates": text.strip()}
+    return {"name": text.strip()}
+
+
 @exit_codes
 def target(
     ctx: typer.Context,
+    what: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[TARGET]",
+            help="A name (M33, NGC 598, 'Triangulum Galaxy'), a PGC number (2557, 'PGC 2557') "
+            "or a position ('00h42m44.3s +41d16m09s', '10.6848 41.2690').",
+            show_default=False,
+        ),
+    ] = None,
     pgc: Annotated[
         int | None, typer.Option(metavar="N", help="PGC (LEDA) number.", show_default=False)
     ] = None,
@@ -216,35 +253,49 @@ def target(
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
     json_output: JsonOpt = False,
+    out: OutOpt = None,
 ) -> None:
     """Ask about a catalogued object or a sky position; the server fetches the image.
 
     [bold]Examples[/bold]
 
-      skyserve target --name M33
-      skyserve target --pgc 2557 --task inclination
-      skyserve target --ra 10.6847 --dec 41.2690 --fov 5
-      skyserve target --ra 00h42m44.3s --dec +41d16m09s --json
+      skyserve target M33
+      skyserve target "PGC 2557" --task inclination
+      skyserve target "00h42m44.3s +41d16m09s" --fov 5
+      skyserve target --ra 10.6847 --dec 41.2690 --fov 5 --out m31.fits
+      skyserve target --name "NGC 4565" --json
 
-    An unknown name exits with code 3 and lists the closest catalog names.
+    An unknown name exits with code 3 and lists the closest catalog names. When the
+    server cannot fetch a cutout, the message names the setting to change; uploading an
+    image with 'skyserve predict' works without one.
     """
-    given = [p for p, v in (("--pgc", pgc), ("--name", name)) if v is not None]
+    _check_out(out)
+    given = [p for p, v in (("TARGET", what), ("--pgc", pgc), ("--name", name)) if v is not None]
     if ra is not None or dec is not None:
         if ra is None or dec is None:
             raise typer.BadParameter("--ra and --dec go together.", param_hint="--ra/--dec")
         given.append("--ra/--dec")
     if len(given) != 1:
         raise typer.BadParameter(
-            "Give exactly one target: --pgc N, --name NAME, or --ra RA --dec DEC.",
-            param_hint="target",
+            "Give exactly one target: skyserve target M33 (a name, PGC number or position), "
+            "or one of --pgc N, --name NAME, --ra RA --dec DEC"
+            + (f"; got {', '.join(given)}." if given else "."),
+            param_hint="TARGET",
         )
-    label = name or (f"PGC {pgc}" if pgc is not None else f"{ra}, {dec}")
+    query: dict[str, object] = _what(what) if what is not None else {}
+    if pgc is not None:
+        query = {"pgc": pgc}
+    elif name is not None:
+        query = {"name": name}
+    elif ra is not None:
+        query = {"ra": _coordinate(ra), "dec": _coordinate(dec)}
+    label = (
+        str(query.get("name") or query.get("coordinates") or "")
+        or (f"PGC {query['pgc']}" if "pgc" in query else f"{ra}, {dec}")
+    )
     with client(ctx) as sky:
         job = sky.submit_target(
-            pgc=pgc,
-            name=name,
-            ra=_coordinate(ra),
-            dec=_coordinate(dec),
+            **query,  # type: ignore[arg-type]
             fov_arcmin=fov,
             tasks=task,
             versions=parse_pins(version),
@@ -253,9 +304,10 @@ def target(
         late = _wait_for(sky, [outcome], timeout) if wait else False
     if outcome.job is not None and (resolved := _input_label(outcome.job)) not in (None, label):
         outcome.label = f"{label} ({resolved})"
-    raise typer.Exit(
-        _report([outcome], wait=wait, late=late, json_output=json_output, first_column="target")
-    )
+    code = _report([outcome], wait=wait, late=late, json_output=json_output, first_column="target")
+    if out is not None:
+        _write_outcomes(out, [outcome])
+    raise typer.Exit(code)
 
 
 @exit_codes

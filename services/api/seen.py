@@ -1,0 +1,37 @@
+"""The image a model saw, as a PNG a person can look at.
+
+A target job's worker keeps the rotated, cropped cutout it answered on. For an upload
+the API renders the stored payload through the same decoding and square padding as
+:func:`shared.preprocessing.preprocess` (FITS stretched, greyscale made RGB, padded to
+square, never stretched), at a size a page can show rather than the model's 64 px.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from shared.preprocessing import decode_image, to_model_input
+from shared.registry import InputSpec
+
+__all__ = ["SEEN_SIDE", "seen_png"]
+
+#: Side of the rendered square, in pixels.
+SEEN_SIDE = 256
+
+
+def seen_png(data: bytes, *, max_pixels: int, side: int = SEEN_SIDE) -> bytes:
+    """PNG of ``data`` decoded and padded to a ``side``-pixel square as the models take it.
+
+    Raises
+    ------
+    InvalidImage, ImageTooLarge, UnsupportedMediaType
+        As :func:`shared.preprocessing.decode_image`.
+    """
+    square = to_model_input(decode_image(data, max_pixels=max_pixels), InputSpec(size=side))
+    pixels = np.clip(np.rint(square * 255.0), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
