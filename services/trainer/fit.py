@@ -1,12 +1,13 @@
-"""Trains bagged ensemble members for any task kind, from scratch or from a pretrained body.
+"""One fit loop for every task kind: bagged members, from scratch or from a pretrained body.
 
 Each member trains on its own random subset of the training set (IncliNET's
 "flavors", 67 % by default) with the head and loss of the task's kind
-(:mod:`services.trainer.heads`), random flips and 90° rotations per batch, and
-per-example weights (class weights for classification). From scratch: AdamW with
-cosine decay, early stopping on the validation loss. From a pretrained body
-(Zoobot-style fine-tuning): first the new head alone with the body frozen, then
-the top block(s) of the body unfrozen with a lower, decaying learning rate.
+(:mod:`services.trainer.model.heads`), random flips and 90° rotations per batch, and
+optional per-example weights (class weights for classification). From scratch:
+AdamW with cosine decay, early stopping on the validation loss (best weights
+restored). From a pretrained body (Zoobot-style fine-tuning): first the new head
+alone with the body frozen, then the top block(s) of the body unfrozen with a lower,
+decaying learning rate.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.trainer.dataset import dihedral
-from services.trainer.heads import (
+from services.trainer.model.heads import (
     MemberModels,
     build_member_models,
     class_weights,
@@ -32,13 +34,12 @@ from services.trainer.heads import (
 from shared.taskdefs import TaskDefinition
 
 __all__ = ["FineTune", "FitConfig", "FittedMember", "Weighting", "weighting_for",
-           "fit_members", "unfreeze_top_blocks"]
+           "configure_tensorflow", "dihedral", "batches", "fit_member", "unfreeze_top_blocks"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class FineTune:
+class FineTune(BaseModel):
     """Two-stage fine-tuning of a pretrained body (Zoobot's recipe).
 
     Stage 1 trains the new head for ``head_epochs`` at ``head_learning_rate`` with
@@ -47,34 +48,36 @@ class FineTune:
     and the dense layers, for ``epochs`` at ``learning_rate`` cosine-decayed to 2 %.
     """
 
-    head_epochs: int = 12
-    head_learning_rate: float = 3e-3
-    unfreeze_blocks: int = 1
-    epochs: int = 20
-    learning_rate: float = 3e-4
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    head_epochs: int = Field(default=12, ge=0)
+    head_learning_rate: float = Field(default=3e-3, gt=0)
+    unfreeze_blocks: int = Field(default=1, ge=0)
+    epochs: int = Field(default=20, ge=1)
+    learning_rate: float = Field(default=3e-4, gt=0)
 
 
-@dataclass(frozen=True)
-class FitConfig:
-    """Hyper-parameters of one ensemble (all recorded in the manifest)."""
+class FitConfig(BaseModel):
+    """Hyper-parameters of one ensemble (the ``[fit]`` table of a recipe)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     architecture: str = "compact"
-    members: int = 3
-    subset_fraction: float = 0.67
-    epochs: int = 20
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 5
-    early_stopping: bool = True
-    seed: int = 0
-    steps_per_epoch: int | None = None  # cap, for tiny test runs
-    augment: bool = True
-    mc_rate: float = 0.0  # MC dropout on the head's features; 0 = none
-    mc_samples: int = 1
+    members: int = Field(default=3, ge=1)
+    subset_fraction: float = Field(default=0.67, gt=0, le=1)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    patience: int = Field(default=5, ge=1)
+    early_stopping: bool = True  # on the validation loss, when the source has a validation set
+    steps_per_epoch: int | None = Field(default=None, ge=1)  # cap, for tiny test runs
+    augment: bool = True  # random flips and 90° rotations per batch
+    mc_rate: float = Field(default=0.0, ge=0, lt=1)  # MC dropout on the head's features; 0 = none
+    mc_samples: int = Field(default=1, ge=1)  # passes per image and transform when serving
     class_weighting: bool = True  # classification: inverse-frequency weights (capped)
     positive_weighting: bool = True  # multilabel: lift rare labels' positive term
-    fine_tune: FineTune | None = None  # set when starting from a pretrained body
+    fine_tune: FineTune | None = None  # the stages, when starting from a pretrained body
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Weighting:
     positive_weights: np.ndarray | None = None
 
     def describe(self, task: TaskDefinition) -> dict[str, Any]:
+        """JSON-able weights per label and how they were computed (empty when unweighted)."""
         out: dict[str, Any] = {}
         if self.class_weights is not None:
             out["class_weights"] = {lab: round(float(w), 4)
@@ -97,6 +101,17 @@ class Weighting:
             out["positive_weighting"] = ("sqrt(n_neg/n_pos) on the positive term for labels "
                                          "positive in < 25 % of examples, capped at 4")
         return out
+
+    @classmethod
+    def from_description(cls, task: TaskDefinition, described: dict[str, Any]) -> Weighting:
+        """The inverse of :meth:`describe` (a resumed run reads its weights back)."""
+        def array(key: str) -> np.ndarray | None:
+            values = described.get(key)
+            return None if values is None else np.array(
+                [values[lab] for lab in task.output_names], np.float32)
+
+        return cls(class_weights=array("class_weights"),
+                   positive_weights=array("positive_weights"))
 
 
 def weighting_for(task: TaskDefinition, y: np.ndarray, config: FitConfig) -> Weighting:
@@ -129,14 +144,57 @@ class FittedMember:
         """The export model (what goes to ONNX)."""
         return self.models.export
 
+    def provenance(self) -> dict[str, Any]:
+        """Everything but the models, JSON-able (kept beside the saved Keras files)."""
+        return {"name": self.name, "architecture": self.architecture,
+                "subset_fraction": self.subset_fraction, "subset_seed": self.subset_seed,
+                "params": self.params, "epochs_run": self.epochs_run,
+                "best_epoch": self.best_epoch, "val_loss": self.val_loss,
+                "train_seconds": self.train_seconds, "history": self.history}
 
-def _batches(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, batch_size: int, seed: int,
-             augment: bool) -> Any:
+
+def configure_tensorflow(threads: int, seed: int) -> None:
+    """Cap TensorFlow's thread pools (shared machines) and seed every generator.
+
+    Thread counts can only be set before TensorFlow runs its first op; later calls
+    keep whatever was set first.
+    """
+    import keras
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    except RuntimeError:
+        log.debug("TensorFlow already initialised; thread counts unchanged")
+    keras.utils.set_random_seed(seed)
+
+
+def dihedral(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips and 90° rotations per image: exact, label-preserving, aspect-keeping.
+
+    ``batch`` is ``(N, S, S, C)``; these eight symmetries of the square add to the
+    render-time rotations without any resampling.
+    """
+    out = np.empty_like(batch)
+    ks = rng.integers(0, 4, size=len(batch))
+    flips = rng.random(len(batch)) < 0.5
+    for i, (k, flip) in enumerate(zip(ks, flips)):
+        image = np.rot90(batch[i], k=int(k), axes=(0, 1))
+        out[i] = image[:, ::-1] if flip else image
+    return out
+
+
+def batches(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, *, batch_size: int,
+            seed: int, augment: bool) -> Any:
+    """Shuffled ``(x, y)`` or ``(x, y, weight)`` batches as a Keras ``PyDataset``.
+
+    The order is reshuffled every epoch and each image randomly flipped and rotated by
+    90° (:func:`dihedral`), all seeded by ``seed``, the epoch and the batch index.
+    """
     import keras
 
-    class WeightedBatches(keras.utils.PyDataset):
-        """Shuffled ``(x, y, weight)`` batches, each image randomly flipped/rotated by 90°."""
-
+    class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
             self.epoch = 0
@@ -145,18 +203,18 @@ def _batches(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, batch_size: int, se
         def __len__(self) -> int:
             return math.ceil(len(y) / batch_size)
 
-        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
             rows = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
             xb = x[rows]
             if augment:
                 xb = dihedral(xb, np.random.default_rng([seed, self.epoch, index]))
-            return xb, y[rows], w[rows]
+            return (xb, y[rows]) if w is None else (xb, y[rows], w[rows])
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
             self.order = np.random.default_rng([seed, self.epoch]).permutation(len(y))
 
-    return WeightedBatches()
+    return Batches()
 
 
 def unfreeze_top_blocks(body: Any, blocks: int) -> list[str]:
@@ -185,29 +243,27 @@ def unfreeze_top_blocks(body: Any, blocks: int) -> list[str]:
     return [layer.name for layer in inner[start:] if layer.weights]
 
 
-def _compile(model: Any, loss: Any, learning_rate: float, decay_steps: int,
-             weight_decay: float) -> None:
+def _stage(model: Any, data: Any, val: tuple[np.ndarray, np.ndarray] | None, *, loss: Any,
+           learning_rate: float, epochs: int, steps: int, config: FitConfig) -> dict[str, list]:
+    """Compile ``model`` with AdamW on a cosine decay over the stage, and fit it."""
     import keras
 
     schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=max(1, decay_steps), alpha=0.02)
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay),
+        learning_rate, decay_steps=max(1, steps * epochs), alpha=0.02)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
                   loss=loss)
+    def progress(epoch: int, logs: dict[str, float] | None) -> None:
+        log.info("  epoch %d: %s", epoch + 1,
+                 ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if "loss" in k))
 
-
-def _fit(model: Any, batches: Any, val: tuple[np.ndarray, np.ndarray] | None, *,
-         epochs: int, steps: int | None, patience: int, early_stopping: bool) -> dict[str, list]:
-    import keras
-
-    callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log.info(
-        "  epoch %d: %s", epoch + 1,
-        ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if "loss" in k)))]
-    if early_stopping and val is not None:
+    callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=progress)]
+    if config.early_stopping and val is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True))
-    history = model.fit(batches, validation_data=val, epochs=epochs, steps_per_epoch=steps,
+            monitor="val_loss", patience=config.patience, restore_best_weights=True))
+    history = model.fit(data, validation_data=val, epochs=epochs,
+                        steps_per_epoch=steps if config.steps_per_epoch else None,
                         callbacks=callbacks, verbose=0)
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
 def fit_member(
@@ -217,68 +273,63 @@ def fit_member(
     config: FitConfig,
     index: int,
     *,
+    seed: int = 0,
     val: tuple[np.ndarray, np.ndarray] | None = None,
     weighting: Weighting | None = None,
-    backbone: Any = None,
+    backbone: Callable[[], Any] | None = None,
 ) -> FittedMember:
     """Train member ``index`` on its bagging subset of ``(x, y)``.
 
     Parameters
     ----------
+    seed
+        The run's seed; the member's subset and weights are seeded by
+        ``seed * 1000 + index``.
     val
         ``(x, y)`` for early stopping (and the reported validation loss); without
         it the member trains for the full schedule.
+    weighting
+        Imbalance weights (:func:`weighting_for` of the whole training set).
     backbone
-        A callable returning a fresh pretrained body model (image → features); when
-        given, ``config.fine_tune`` decides the two stages.
+        Returns a fresh pretrained body model (image → features); when given,
+        ``config.fine_tune`` decides the two stages.
     """
     import keras
 
     weighting = weighting or Weighting()
-    subset_seed = config.seed * 1000 + index
+    subset_seed = seed * 1000 + index
     rng = np.random.default_rng(subset_seed)
     n_subset = max(1, int(round(config.subset_fraction * len(y))))
     rows = np.sort(rng.choice(len(y), size=n_subset, replace=False))
     keras.utils.set_random_seed(subset_seed)
-    body = backbone() if backbone is not None else None
     models = build_member_models(config.architecture, task, input_size=x.shape[1],
                                  channels=x.shape[-1], mc_rate=config.mc_rate,
-                                 mc_samples=config.mc_samples, body=body)
-    targets = to_targets(task, y[rows])
-    weights = sample_weights(task, y[rows], weighting.class_weights)
-    loss = loss_for(task, pos_weight=weighting.positive_weights)
-    batches = _batches(x[rows], targets, weights, batch_size=config.batch_size,
-                       seed=subset_seed, augment=config.augment)
-    steps = len(batches) if config.steps_per_epoch is None else min(len(batches),
-                                                                     config.steps_per_epoch)
+                                 mc_samples=config.mc_samples,
+                                 body=backbone() if backbone is not None else None)
+    data = batches(x[rows], to_targets(task, y[rows]),
+                   sample_weights(task, y[rows], weighting.class_weights),
+                   batch_size=config.batch_size, seed=subset_seed, augment=config.augment)
+    steps = len(data) if config.steps_per_epoch is None else min(len(data), config.steps_per_epoch)
     val_t = (val[0], to_targets(task, val[1])) if val is not None else None
+    loss = loss_for(task, pos_weight=weighting.positive_weights)
     started = time.perf_counter()
-    history: dict[str, list[float]] = {}
     if backbone is not None:
         tune = config.fine_tune or FineTune()
         models.body.trainable = False
-        _compile(models.train, loss, tune.head_learning_rate, steps * tune.head_epochs,
-                 config.weight_decay)
-        stage1 = _fit(models.train, batches, val_t, epochs=tune.head_epochs,
-                      steps=steps if config.steps_per_epoch else None, patience=config.patience,
-                      early_stopping=config.early_stopping)
+        stage1 = _stage(models.train, data, val_t, loss=loss, epochs=tune.head_epochs,
+                        learning_rate=tune.head_learning_rate, steps=steps, config=config)
         unfrozen = unfreeze_top_blocks(models.body, tune.unfreeze_blocks)
         log.info("member %d: head trained; unfreezing %s", index, ", ".join(unfrozen))
-        _compile(models.train, loss, tune.learning_rate, steps * tune.epochs,
-                 config.weight_decay)
-        stage2 = _fit(models.train, batches, val_t, epochs=tune.epochs,
-                      steps=steps if config.steps_per_epoch else None, patience=config.patience,
-                      early_stopping=config.early_stopping)
+        stage2 = _stage(models.train, data, val_t, loss=loss, epochs=tune.epochs,
+                        learning_rate=tune.learning_rate, steps=steps, config=config)
         history = {k: stage1.get(k, []) + stage2.get(k, []) for k in stage1.keys() | stage2.keys()}
     else:
-        _compile(models.train, loss, config.learning_rate, steps * config.epochs,
-                 config.weight_decay)
-        history = _fit(models.train, batches, val_t, epochs=config.epochs,
-                       steps=steps if config.steps_per_epoch else None, patience=config.patience,
-                       early_stopping=config.early_stopping)
+        history = _stage(models.train, data, val_t, loss=loss, epochs=config.epochs,
+                         learning_rate=config.learning_rate, steps=steps, config=config)
     seconds = time.perf_counter() - started
     monitored = history.get("val_loss") or history["loss"]
-    best = int(np.argmin(monitored)) if config.early_stopping else len(monitored) - 1
+    early = config.early_stopping and val is not None
+    best = int(np.argmin(monitored)) if early else len(monitored) - 1
     member = FittedMember(
         name=f"{config.architecture}-{index}",
         models=models,
@@ -295,21 +346,3 @@ def fit_member(
     log.info("member %s: %d epochs (best %d), loss %.4f, %.0f s", member.name,
              member.epochs_run, member.best_epoch, member.val_loss, seconds)
     return member
-
-
-def fit_members(
-    task: TaskDefinition,
-    x: np.ndarray,
-    y: np.ndarray,
-    config: FitConfig,
-    *,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
-    backbone: Any = None,
-) -> tuple[list[FittedMember], Weighting]:
-    """Train ``config.members`` members, each on its own random subset of ``(x, y)``."""
-    if config.members < 1:
-        raise ValueError("An ensemble needs at least one member.")
-    weighting = weighting_for(task, y, config)
-    members = [fit_member(task, x, y, config, i, val=val, weighting=weighting, backbone=backbone)
-               for i in range(config.members)]
-    return members, weighting

@@ -1,8 +1,9 @@
-"""Writes a version into the registry: ONNX members, metrics, plots, manifest — atomically.
+"""What a version's manifest says about how it was made and what it scored.
 
-Files are written into a staging folder from ``RegistryWriter.stage``; the manifest
-records every member's checksum and provenance, and ``RegistryWriter.publish``
-verifies them and renames the folder into place as the next version.
+Members' entries (checksum and provenance), the ``training`` section (the command,
+the recipe, the data, the hyper-parameters, the checks, library versions, timings)
+and the headline metrics. The manifest is written by
+:meth:`shared.registry.RegistryWriter.publish`, which checks every member's checksum.
 """
 
 from __future__ import annotations
@@ -13,22 +14,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from services.trainer.train import TrainedMember
-from shared.registry import (
-    Calibration,
-    InputSpec,
-    Manifest,
-    Member,
-    OutputSpec,
-    RegistryWriter,
-    sha256_file,
-)
+from shared.registry import Member, sha256_file
+from shared.taskdefs import TaskDefinition
 
-__all__ = ["LIBRARIES", "library_versions", "member_entry", "build_manifest", "write_json",
-           "publish"]
+__all__ = ["LIBRARIES", "LOSSES", "library_versions", "member_entry", "headline_metrics",
+           "headline_rows", "write_json"]
 
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "galsim",
              "numpy", "pillow")
+
+LOSSES = {
+    "regression": "mean squared error on targets scaled to (-1, 1) (tanh head)",
+    "classification": "softmax cross-entropy from logits, class-weighted per example",
+    "multilabel": "binary cross-entropy from logits per label, positive term weighted "
+                  "for rare labels, averaged over labels",
+    "vote_tree": "Dirichlet-multinomial negative log-likelihood of each question's vote "
+                 "counts (concentrations 1 + 100 sigmoid(x)), summed over questions; "
+                 "questions with no votes contribute 0 (Zoobot)",
+}
 
 
 def library_versions() -> dict[str, str]:
@@ -42,64 +45,56 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def member_entry(
-    member: TrainedMember, path: Path, metrics: dict[str, Any] | None = None
-) -> Member:
-    """The manifest entry of a staged member file."""
+def member_entry(member: Any, path: Path, extra: dict[str, Any]) -> Member:
+    """The manifest entry of a staged member file (``member``: a ``FittedMember``)."""
     return Member(
-        name=member.name,
-        file=path.name,
-        architecture=member.architecture,
-        sha256=sha256_file(path),
-        params=member.params,
-        subset_fraction=round(member.subset_fraction, 4),
-        subset_seed=member.subset_seed,
-        metrics={
-            "val_rms_deg": round(member.val_rms_deg, 4),
-            "epochs_run": member.epochs_run,
-            "best_epoch": member.best_epoch,
-            "train_seconds": round(member.train_seconds, 1),
-            **(metrics or {}),
-        },
+        name=member.name, file=path.name, architecture=member.architecture,
+        sha256=sha256_file(path), params=member.params,
+        subset_fraction=round(member.subset_fraction, 4), subset_seed=member.subset_seed,
+        metrics={"val_loss": round(member.val_loss, 5), "epochs_run": member.epochs_run,
+                 "best_epoch": member.best_epoch,
+                 "train_seconds": round(member.train_seconds, 1), **extra},
     )
 
 
-def build_manifest(
-    *,
-    task: str,
-    members: list[Member],
-    input_spec: InputSpec,
-    output: OutputSpec,
-    tta: list[str],
-    calibration: Calibration | None = None,
-    metrics: dict[str, Any] | None = None,
-    parity_max_abs_diff: float | None = None,
-    training: dict[str, Any] | None = None,
-) -> Manifest:
-    """A manifest for a staged version (its number is claimed at publish time)."""
-    return Manifest(
-        task=task,
-        version=1,  # placeholder: RegistryWriter.publish claims the real number
-        members=members,
-        input=input_spec,
-        output=output,
-        calibration=calibration,
-        tta=tta,  # type: ignore[arg-type]  # validated by pydantic
-        metrics=metrics or {},
-        parity_max_abs_diff=parity_max_abs_diff,
-        training=training or {},
-    )
+def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline part of ``metrics.json`` for the manifest (no curves, no per-bin tables)."""
+    drop = {"reliability", "questions", "labels", "confusion", "root_confusion", "members",
+            "rms_deg_by_bin", "baseline_axis_ratio_note"}
+    out = {k: v for k, v in metrics.items() if k not in drop}
+    if "labels" in metrics:
+        out["per_label"] = {lab: {k: m[k] for k in ("accuracy", "precision", "recall")}
+                            for lab, m in metrics["labels"].items()}
+    return out
+
+
+def headline_rows(task: TaskDefinition, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """Headline metrics as (name, formatted value) rows for printing."""
+    def fmt(v: Any) -> str:
+        return "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    rows: list[tuple[str, str]] = []
+    if task.kind == "regression":
+        keys = ["rms_deg", "mae_deg", "rms_deg_uncalibrated", "bias_m", "bias_b", "within_5deg",
+                "baseline_axis_ratio_rms_deg", "baseline_axis_ratio_mae_deg"]
+        rows += [(f"member {name} rms_deg", fmt(m["rms_deg"]))
+                 for name, m in metrics.get("members", {}).items()]
+    elif task.kind == "multilabel":
+        keys = ["accuracy", "precision", "recall", "exact_match"]
+        rows += [(f"{lab} acc / prec / rec", " / ".join(fmt(m[k]) for k in
+                  ("accuracy", "precision", "recall"))) for lab, m in metrics["labels"].items()]
+    elif task.kind == "classification":
+        keys = ["accuracy", "macro_recall", "log_loss"]
+        rows += [(f"recall {lab}", fmt(v)) for lab, v in metrics["per_class_recall"].items()]
+    else:
+        keys = ["vote_fraction_mae", "vote_fraction_mae_expected", "vote_fraction_mae_floor",
+                "nll", "confident_answer_accuracy"]
+    rows = [(k, fmt(metrics.get(k))) for k in keys if k in metrics] + rows
+    if "parity_max_abs_diff" in metrics:
+        rows.append(("parity_max_abs_diff", f"{metrics['parity_max_abs_diff']:.2g}"))
+    return rows
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Pretty JSON with a trailing newline (diff-friendly in the repository)."""
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def publish(writer: RegistryWriter, staging: Path, manifest: Manifest) -> Manifest:
-    """Verify and publish a staged version; the staging folder is removed on failure."""
-    try:
-        return writer.publish(staging, manifest)
-    except BaseException:
-        writer.discard(staging)
-        raise

@@ -1,4 +1,4 @@
-"""Data sets: the trainer's arrays are exactly what shared preprocessing makes of the PNG."""
+"""Synthetic galaxy sets: exactly what shared preprocessing makes of the same PNG, balanced bins."""
 
 from __future__ import annotations
 
@@ -7,27 +7,36 @@ import pytest
 
 pytest.importorskip("galsim")
 
-from services.trainer.dataset import balanced_inclinations, build_dataset, dihedral  # noqa: E402
+from services.trainer.data.galaxies import (  # noqa: E402
+    balanced_inclinations,
+    galaxy_set,
+    render_galaxy,
+)
+from services.trainer.data.render import encode_png  # noqa: E402
+from services.trainer.fit import dihedral  # noqa: E402
 from shared.preprocessing import preprocess  # noqa: E402
 from shared.registry import InputSpec  # noqa: E402
 
 
 @pytest.mark.parametrize("spec", [InputSpec(size=32), InputSpec(size=48, scaling="symmetric")])
-def test_dataset_arrays_equal_shared_preprocess_of_the_same_png(spec: InputSpec) -> None:
-    data = build_dataset(6, seed=11, spec=spec, keep_png=True)
-    assert data.png is not None and len(data.png) == 6
+def test_set_arrays_equal_shared_preprocess_of_the_same_png(spec: InputSpec) -> None:
+    data = galaxy_set(6, seed=11, spec=spec)
     assert data.x.shape == (6, spec.size, spec.size, 3)
-    for array, png in zip(data.x, data.png):
+    for array, inclination, truth in zip(data.x, data.y, data.truth):
+        rendered = render_galaxy(truth["seed"], inclination_deg=truth["inclination_deg"])
+        png = encode_png(rendered.image)
         assert np.array_equal(array, preprocess(png, spec))
+        assert truth["inclination_deg"] == pytest.approx(float(inclination), abs=1e-5)
 
 
-def test_dataset_is_deterministic_and_seeds_differ() -> None:
+def test_set_is_deterministic_seeds_differ_and_only_asked_sets_are_measured() -> None:
     spec = InputSpec(size=32)
-    a = build_dataset(4, seed=3, spec=spec)
-    b = build_dataset(4, seed=3, spec=spec)
-    c = build_dataset(4, seed=4, spec=spec)
+    a = galaxy_set(4, seed=3, spec=spec)
+    b = galaxy_set(4, seed=3, spec=spec, measure=True)
+    c = galaxy_set(4, seed=4, spec=spec)
     assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
     assert not np.array_equal(a.x, c.x)
+    assert "measured_axis_ratio" not in a.truth[0] and "measured_axis_ratio" in b.truth[0]
 
 
 def test_inclinations_are_balanced_over_5_degree_bins() -> None:

@@ -7,11 +7,10 @@ import pytest
 
 pytest.importorskip("galsim")
 
-from services.trainer.synthetic import (  # noqa: E402
+from services.trainer.data.galaxies import render_galaxy, render_galaxy_png  # noqa: E402
+from services.trainer.data.render import (  # noqa: E402
     inclination_from_axis_ratio,
     intrinsic_axis_ratio,
-    render_galaxy,
-    render_galaxy_png,
 )
 from shared.preprocessing import decode_image  # noqa: E402
 

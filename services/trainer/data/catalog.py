@@ -15,6 +15,7 @@ NaN label, a value out of range, an unknown class, a row with no votes at all).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from services.trainer.labelled import LabelledSet
+from services.trainer.data.labelled import LabelledSet
 from shared.errors import SkyserveError
 from shared.preprocessing import preprocess
 from shared.registry import InputSpec
@@ -36,7 +37,7 @@ from shared.taskdefs import (
 )
 
 __all__ = ["CatalogSpec", "CatalogData", "Unusable", "read_catalog", "match_vote_columns",
-           "split_indices", "write_task_definition"]
+           "split_indices", "write_task_definition", "unusable_rows_csv"]
 
 CatalogKind = Literal["regression", "classification", "multilabel", "vote_tree"]
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
@@ -376,3 +377,16 @@ def write_task_definition(models_dir: Path, task: TaskDefinition) -> Path:
     staging.write_text(task.model_dump_json(indent=2, exclude_none=True) + "\n")
     os.replace(staging, path)
     return path
+
+
+def unusable_rows_csv(rows: list[dict[str, Any]]) -> bytes:
+    """``unusable_rows.csv`` bytes (``row, id, reason``) for rows a source could not use.
+
+    Catalog rows come as ``{row, id, reason}``, photo rows as ``{line, file, reason}``.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["row", "id", "reason"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({"row": r.get("row", r.get("line")), "id": r.get("id", r.get("file")),
+                      "reason": r["reason"]} for r in rows)
+    return buffer.getvalue().encode()

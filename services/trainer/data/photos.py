@@ -32,12 +32,14 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.trainer.labelled import LabelledSet
+from services.trainer.data.labelled import LabelledSet, Splits
 from shared.errors import SkyserveError
 from shared.preprocessing import decode_image, preprocess
 from shared.registry import InputSpec
-from shared.taskdefs import get_task_definition
+from shared.settings import REPO_ROOT
+from shared.taskdefs import TaskDefinition, get_task_definition
 
 __all__ = [
     "DEFAULT_CSV",
@@ -48,10 +50,13 @@ __all__ = [
     "catalog_warnings",
     "class_counts",
     "augment",
-    "object_type_dataset",
+    "SourceParams",
+    "photo_set",
+    "splits",
 ]
 
-DEFAULT_CSV = Path("/work/shared/data/stellarium_dso_trainval.csv")
+# The team's labelled catalogue sits beside the repository, in ../shared/data.
+DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "stellarium_dso_trainval.csv"
 DEFAULT_PHOTOS = Path("/usr/share/stellarium/nebulae/default")
 COLUMNS = ("file", "object", "label", "split", "ongc_type", "hubble", "majax_arcmin",
            "minax_arcmin", "pa_deg")
@@ -248,7 +253,7 @@ def _photo_examples(
     return arrays, ids, truths, None
 
 
-def object_type_dataset(
+def photo_set(
     split: Literal["train", "val"],
     *,
     spec: InputSpec,
@@ -257,6 +262,7 @@ def object_type_dataset(
     csv_path: str | Path | None = None,
     photo_dir: str | Path | None = None,
     workers: int = 1,
+    task: TaskDefinition | None = None,
 ) -> LabelledSet:
     """The labelled photos of one split as model inputs, colour and greyscale alike.
 
@@ -274,6 +280,8 @@ def object_type_dataset(
         Override ``SKYSERVE_DSO_CSV`` / ``SKYSERVE_DSO_PHOTOS``.
     workers
         Processes decoding and augmenting photos.
+    task
+        The classification task whose labels the CSV uses (default ``object-type``).
 
     Returns
     -------
@@ -292,7 +300,8 @@ def object_type_dataset(
     if copies < 0:
         raise ValueError(f"copies must be 0 or more, not {copies}.")
     csv_file, folder = catalog_paths(csv_path, photo_dir)
-    labels = get_task_definition("object-type").output_names
+    task = task or get_task_definition("object-type")
+    labels = task.output_names
     rows = read_catalog(csv_file)
     unusable: list[dict[str, Any]] = []
     usable: list[PhotoRow] = []
@@ -330,7 +339,7 @@ def object_type_dataset(
     y = np.array([labels.index(t["label"]) for t in truths], dtype=np.int64)
     photo_counts = Counter(r.label for r in used)
     description = {
-        "task": "object-type", "source": "stellarium-data photos", "split": split,
+        "task": task.name, "source": "stellarium-data photos", "split": split,
         "csv": str(csv_file), "csv_sha256": hashlib.sha256(csv_file.read_bytes()).hexdigest(),
         "photo_dir": str(folder), "seed": seed, "copies": n_copies, "spec": spec.model_dump(),
         "photos": len(used), "examples": len(ids),
@@ -347,4 +356,31 @@ def object_type_dataset(
                          "e^±0.2, Gaussian noise σ ≤ 0.02",
     }
     return LabelledSet(x=np.stack(arrays), y=y, ids=ids, truth=truths, description=description,
-                       task="object-type", label_names=list(labels))
+                       task=task.name, label_names=list(labels))
+
+
+class SourceParams(BaseModel):
+    """The ``photos`` source's parameters in a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    copies: int = Field(default=4, ge=0)  # augmented colour+grey pairs per training photo
+    csv_path: Path | None = None  # default: SKYSERVE_DSO_CSV, else DEFAULT_CSV
+    photo_dir: Path | None = None  # default: SKYSERVE_DSO_PHOTOS, else DEFAULT_PHOTOS
+
+
+def splits(params: dict[str, Any], *, task: TaskDefinition, sizes: dict[str, int | None],
+           spec: InputSpec, seed: int, workers: int, train: bool = True) -> Splits:
+    """The catalogue's ``train`` photos (augmented) and its ``val`` photos as the test set.
+
+    There is no validation split: members train a fixed schedule without looking at
+    the evaluation photos. The sizes are the catalogue's, not the recipe's.
+    """
+    options = SourceParams.model_validate(params)
+    where = {"csv_path": options.csv_path, "photo_dir": options.photo_dir}
+    return Splits(
+        train=photo_set("train", spec=spec, seed=seed, copies=options.copies, workers=workers,
+                        task=task, **where) if train else None,
+        val=None,
+        test=photo_set("val", spec=spec, seed=seed, copies=0, workers=workers, task=task,
+                       **where))

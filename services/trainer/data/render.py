@@ -1,4 +1,4 @@
-"""Synthetic disk galaxies with exact truth, rendered by GalSim to look like survey cutouts.
+"""The GalSim renderer: disk galaxies with exact truth, drawn to look like survey cutouts.
 
 A galaxy is an inclined, thick exponential disk (``galsim.InclinedExponential``) plus
 an optional bulge, clumpy star-forming knots projected onto the disk plane and a faint
@@ -12,13 +12,16 @@ Every random choice comes from one ``numpy`` generator seeded by the caller, so 
 seed always gives the same image. Rotation, translation, scale, blur, noise,
 brightness/gamma, greyscale and inversion augmentations happen here, at render time,
 which keeps the aspect ratio by construction (inclination lives in the ellipticity).
+
+The inclination set (:mod:`.galaxies`) renders these galaxies as they are; the
+rejection and morphology scenes (:mod:`.scenes`) add sources to their planes.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import galsim
@@ -32,8 +35,6 @@ __all__ = [
     "sample_params",
     "galaxy_planes",
     "render",
-    "render_galaxy",
-    "render_galaxy_png",
     "encode_png",
     "intrinsic_axis_ratio",
     "inclination_from_axis_ratio",
@@ -340,7 +341,7 @@ def galaxy_planes(p: GalaxyParams) -> np.ndarray:
     """Noiseless, PSF-convolved g, r, i planes ``(H, W, 3)`` of the galaxy alone (flux ≈ 1 in r).
 
     No star, sky, noise or stretch: :func:`render` adds those; scene builders
-    (``services.trainer.scenes``) add further sources to these planes first.
+    (:mod:`.scenes`) add further sources to these planes first.
     """
     psf = _psf(p)
     inc = p.inclination_deg * galsim.degrees
@@ -442,47 +443,3 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image, mode=None).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def render_galaxy(
-    seed: int,
-    *,
-    inclination_deg: float | None = None,
-    inclination_range: tuple[float, float] = (45.0, 90.0),
-    clean: bool = False,
-    size: int | None = None,
-    measure: bool = False,
-) -> Rendered:
-    """Sample parameters from ``seed`` and render them (see :func:`sample_params`)."""
-    params = sample_params(
-        seed,
-        inclination_deg=inclination_deg,
-        inclination_range=inclination_range,
-        size=size,
-        clean=clean,
-    )
-    rendered = render(params, measure=measure)
-    rendered.truth["params"] = asdict(params)
-    return rendered
-
-
-def render_galaxy_png(
-    inclination_deg: float, seed: int = 0, *, clean: bool = True, size: int = 128
-) -> bytes:
-    """PNG bytes of one synthetic galaxy at a known inclination — for tests and demos.
-
-    Parameters
-    ----------
-    inclination_deg
-        Inclination from face-on, degrees (the served range is 45–90).
-    seed
-        Decides position angle, size, bulge, knots, arms and noise.
-    clean
-        A typical well-observed colour cutout (default); False draws every nuisance
-        (greyscale, inversion, stars, low S/N) as the training set does.
-    size
-        Square side in pixels.
-    """
-    return encode_png(
-        render_galaxy(seed, inclination_deg=inclination_deg, clean=clean, size=size).image
-    )

@@ -1,8 +1,9 @@
 """Evaluation plots written into a version folder (PNG, matplotlib's Agg backend).
 
 Confusion matrices, reliability (calibration) curves, predicted vs observed vote
-fractions, per-label precision/recall bars and a grid of the worst failures. Each
-function writes one file and returns its name, for ``metrics.json``'s ``plots``.
+fractions, per-label precision/recall bars, predicted vs true values and residuals
+(regression) and a grid of the worst failures. Each function writes one file and
+returns its name, for ``metrics.json``'s ``plots``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["confusion_plot", "reliability_plot", "vote_fraction_plot", "label_bars_plot",
-           "failures_plot"]
+           "regression_plots", "failures_plot", "caption"]
 
 
 def _plt() -> Any:
@@ -117,6 +118,53 @@ def label_bars_plot(folder: Path, per_label: dict[str, dict[str, Any]], *,
     fig.savefig(Path(folder) / name)
     plt.close(fig)
     return name
+
+
+def regression_plots(folder: Path, truth: np.ndarray, pred: np.ndarray, raw: np.ndarray, *,
+                     bias: tuple[float, float] | None, span: tuple[float, float], name: str,
+                     unit: str | None, baseline: tuple[np.ndarray, np.ndarray] | None = None,
+                     title: str = "Held-out test set") -> list[str]:
+    """``pred_vs_true.png`` (served, uncorrected, the fitted bias line) and ``residuals.png``.
+
+    ``baseline`` is ``(truth, estimate)`` of a classical estimate to plot beside.
+    """
+    plt = _plt()
+    lo, hi = span
+    grid = np.linspace(lo, hi, 50)
+    fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=90)
+    ax.scatter(truth, raw, s=4, alpha=0.35, color="tab:gray", label="ensemble, uncorrected")
+    ax.scatter(truth, pred, s=4, alpha=0.5, color="tab:blue", label="served")
+    if bias is not None:
+        m, b = bias
+        ax.plot(grid, (1.0 - m) * grid - b, color="tab:red",
+                label=f"fitted bias: i_p = (1-m) i_m - b, m={m:.3f}, b={b:.2f}")
+    ax.plot(grid, grid, color="black", lw=0.8, ls="--", label="identity")
+    ax.set(xlabel=f"true {name} [{unit}]", ylabel=f"predicted [{unit}]",
+           xlim=(lo - 1, hi + 1), ylim=(lo - 1, hi + 1), title=title)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(Path(folder) / "pred_vs_true.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=90)
+    if baseline is not None:
+        ax.scatter(baseline[0], baseline[1] - baseline[0], s=4, alpha=0.3, color="tab:orange",
+                   label="axis-ratio baseline (q0 = 0.2)")
+    ax.scatter(truth, pred - truth, s=4, alpha=0.5, color="tab:blue", label="served ensemble")
+    ax.axhline(0.0, color="black", lw=0.8)
+    limit = 20.0 * (hi - lo) / 45.0
+    ax.set(xlabel=f"true {name} [{unit}]", ylabel=f"predicted - true [{unit}]",
+           ylim=(-limit, limit), title="Residuals vs truth")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(folder) / "residuals.png")
+    plt.close(fig)
+    return ["pred_vs_true.png", "residuals.png"]
+
+
+def caption(ids: list[str], k: int, text: str) -> str:
+    """A failure's caption: the end of its id, then ``text``."""
+    return f"{ids[k][-26:]}\n{text}"
 
 
 def failures_plot(folder: Path, images: np.ndarray, captions: list[str], *,

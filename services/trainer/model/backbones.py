@@ -1,7 +1,7 @@
 """Pretrained bodies for transfer learning, the Zoobot way, without downloading anything.
 
-The project's own backbones: training a synthetic task (morphology, inclination,
-rejection) with ``--save-backbone`` saves its first member's body — every layer up
+The project's own backbones: a recipe with ``save_backbone = true`` (morphology,
+rejection) saves its first member's body — every layer up
 to the features the head reads — as ``<cache>/<task>.weights.h5`` with a JSON card
 beside it (architecture, input size, the version and command that made it). When a
 fine-tuning run asks for a backbone that is not in the cache, it is rebuilt by the
@@ -53,14 +53,13 @@ def load_backbone(path: Path) -> tuple[Callable[[], Any], dict[str, Any]]:
     def factory() -> Any:
         import keras
 
-        from services.trainer.architectures import get_architecture
-        from services.trainer.heads import _features
+        from services.trainer.model.bodies import build_body, get_architecture
 
         arch = get_architecture(card["architecture"])
         size, channels = int(card["input_size"]), int(card["channels"])
         image = keras.Input((size, size, channels), name="image")
-        body = keras.Model(image, _features(image, arch, final_dropout=bool(card["final_dropout"])),
-                           name=f"body_{arch.name}")
+        features = build_body(image, arch, final_dropout=bool(card["final_dropout"]))
+        body = keras.Model(image, features, name=f"body_{arch.name}")
         body.load_weights(str(path))
         return body
 
@@ -101,7 +100,7 @@ def ensure_backbone(task: str, cache_dir: Path, *, rebuild: Callable[[Path], Non
     """The cached backbone of ``task``, rebuilt by ``rebuild(path)`` when absent.
 
     ``rebuild`` trains the task's default recipe and saves member 0's body at
-    ``path`` (see ``services.trainer.recipes.rebuild_backbone``).
+    ``path`` (see ``services.trainer.release.rebuild_backbone``).
     """
     path = backbone_path(cache_dir, task)
     if not path.is_file() or not _card_path(path).is_file():

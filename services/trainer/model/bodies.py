@@ -1,12 +1,11 @@
-"""Named Keras architectures: IncliNET's model4/5/6 and skyserve's compact default.
+"""Named Keras bodies: IncliNET's model4/5/6 and skyserve's compact, lean and tiny.
 
 An architecture is a body written as a short layer string (IncliNET's own notation:
 ``C16`` a 3×3 'valid' ReLU convolution with 16 filters, ``S16`` the same with stride
 2, ``MP2`` 2×2 max-pooling, ``AP2`` 2×2 average pooling,
 ``BN`` batch normalisation, ``D256`` a ReLU dense layer, ``GAP`` global average
-pooling) plus a head chosen by the task's kind. :func:`build_model` gives the
-regression head (:data:`HEADS`); the heads, losses and MC-dropout export models of
-every kind are built by :func:`services.trainer.heads.build_member_models`.
+pooling). The head of the task's kind goes on top in
+:func:`services.trainer.model.heads.build_member_models`.
 
 The compact default adds a shape branch (:class:`SkyNormalise`,
 :class:`IsophoteMoments`): inclination lives in the ellipticity of the outer
@@ -18,23 +17,18 @@ rest of the graph and the worker needs nothing extra.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from shared.taskdefs import TaskDefinition
-
 __all__ = [
     "Architecture",
     "ARCHITECTURES",
-    "HEADS",
     "SkyNormalise",
     "IsophoteMoments",
     "build_body",
-    "build_model",
     "get_architecture",
     "flops_per_image",
 ]
@@ -125,19 +119,6 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(
             f"Unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}."
         ) from None
-
-
-def _regression_head(features: keras.KerasTensor, task: TaskDefinition) -> keras.KerasTensor:
-    # tanh keeps the raw output in (-1, 1); OutputSpec("tanh_range") maps it onto task.range.
-    return layers.Dense(1, activation="tanh", name="output")(features)
-
-
-# Task kind -> head builder for build_model. Classification (softmax), multilabel
-# (sigmoid) and vote-tree (Dirichlet) heads, with their losses and MC-dropout export
-# models, are built by services.trainer.heads.build_member_models.
-HEADS: dict[str, Callable[[keras.KerasTensor, TaskDefinition], keras.KerasTensor]] = {
-    "regression": _regression_head,
-}
 
 
 @keras.saving.register_keras_serializable(package="skyserve")
@@ -288,10 +269,6 @@ def build_body(
     return x
 
 
-def _body(x: keras.KerasTensor, arch: Architecture) -> keras.KerasTensor:
-    return build_body(x, arch)
-
-
 def _flatten(x: keras.KerasTensor, extra: keras.KerasTensor | None) -> keras.KerasTensor:
     x = layers.Flatten(name="flatten")(x)
     if extra is not None:
@@ -299,43 +276,6 @@ def _flatten(x: keras.KerasTensor, extra: keras.KerasTensor | None) -> keras.Ker
         extra = layers.BatchNormalization(name="bn_moments")(extra)
         x = layers.Concatenate(name="with_moments")([x, extra])
     return x
-
-
-def build_model(
-    architecture: str,
-    task: TaskDefinition,
-    *,
-    input_size: int | None = None,
-    channels: int = 3,
-) -> keras.Model:
-    """Build an uncompiled Keras model for ``task``.
-
-    Parameters
-    ----------
-    architecture
-        A key of :data:`ARCHITECTURES`.
-    task
-        The task; its ``kind`` picks the head.
-    input_size
-        Square input side; the architecture's native size when None.
-    channels
-        Input channels (3: colour and greyscale alike, as the preprocessing emits).
-
-    Raises
-    ------
-    ValueError
-        Unknown architecture, or a task kind without a head yet.
-    """
-    arch = get_architecture(architecture)
-    if task.kind not in HEADS:
-        raise ValueError(
-            f"build_model has no {task.kind} head (it has {', '.join(HEADS)}); build "
-            "the other kinds with services.trainer.heads.build_member_models."
-        )
-    size = input_size or arch.input_size
-    inputs = keras.Input((size, size, channels), name="image")
-    outputs = HEADS[task.kind](build_body(inputs, arch), task)
-    return keras.Model(inputs, outputs, name=f"{task.name}_{arch.name}")
 
 
 def flops_per_image(model: keras.Model) -> int:

@@ -126,11 +126,13 @@ def positive_weights(y: np.ndarray, *, rare: float = 0.25, cap: float = 4.0) -> 
     return np.minimum(weights, cap).astype(np.float32)
 
 
-def sample_weights(task: TaskDefinition, y: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Per-example weights: the class weight of each example's class, else ones."""
+def sample_weights(task: TaskDefinition, y: np.ndarray,
+                   weights: np.ndarray | None) -> np.ndarray | None:
+    """Per-example weights: the class weight of each example's class; None (unweighted)
+    for every other kind or without class weights."""
     if task.kind == "classification" and weights is not None:
         return weights[np.asarray(y, dtype=np.int64).reshape(-1)].astype(np.float32)
-    return np.ones(len(y), dtype=np.float32)
+    return None
 
 
 # --------------------------------------------------------------------------- losses
@@ -253,12 +255,6 @@ class MemberModels:
     mc: McDropout | None
 
 
-def _features(inputs: Any, arch: Any, *, final_dropout: bool) -> Any:
-    from services.trainer.architectures import build_body
-
-    return build_body(inputs, arch, final_dropout=final_dropout)
-
-
 def build_member_models(
     arch: Any,
     task: TaskDefinition,
@@ -274,7 +270,7 @@ def build_member_models(
     Parameters
     ----------
     arch
-        An :class:`services.trainer.architectures.Architecture` (or its name).
+        An :class:`services.trainer.model.bodies.Architecture` (or its name).
     task
         Its kind picks the head; its outputs the width.
     mc_rate
@@ -289,13 +285,13 @@ def build_member_models(
     import keras
     from keras import layers
 
-    from services.trainer.architectures import get_architecture
+    from services.trainer.model.bodies import build_body, get_architecture
 
     if isinstance(arch, str):
         arch = get_architecture(arch)
     image = keras.Input((input_size, input_size, channels), name="image")
     if body is None:
-        features = _features(image, arch, final_dropout=mc_rate <= 0)
+        features = build_body(image, arch, final_dropout=mc_rate <= 0)
         body = keras.Model(image, features, name=f"body_{arch.name}")
         for layer in body.layers:
             if isinstance(layer, layers.BatchNormalization):

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.architectures import ARCHITECTURES, Architecture
-from services.trainer.fitting import FitConfig, weighting_for
-from services.trainer.heads import build_member_models, loss_for, sample_weights, to_targets
+from services.trainer.fit import FitConfig, weighting_for
+from services.trainer.model.bodies import ARCHITECTURES, Architecture
+from services.trainer.model.heads import build_member_models, loss_for, sample_weights, to_targets
 from shared.taskdefs import TaskDefinition
 
 __all__ = ["SEARCH_SPACE", "TuneResult", "layer_string", "random_search"]
@@ -64,7 +64,7 @@ def layer_string(size: int, filters: int, units: int) -> str:
 
 def random_search(task: TaskDefinition, x: np.ndarray, y: np.ndarray, val_x: np.ndarray,
                   val_y: np.ndarray, config: FitConfig, *, trials: int, epochs: int = 8,
-                  directory: Path | None = None) -> TuneResult:
+                  seed: int = 0, directory: Path | None = None) -> TuneResult:
     """Run ``trials`` random trials; return the best architecture and learning rate.
 
     Raises
@@ -104,7 +104,7 @@ def random_search(task: TaskDefinition, x: np.ndarray, y: np.ndarray, val_x: np.
 
     with tempfile.TemporaryDirectory() as scratch:
         tuner = RandomSearch(build, objective="val_loss", max_trials=trials,
-                                seed=config.seed, directory=str(directory or scratch),
+                                seed=seed, directory=str(directory or scratch),
                                 project_name=f"tune-{task.name}", overwrite=True)
         tuner.search(x, to_targets(task, y), sample_weight=sample_weights(
             task, y, weighting.class_weights), validation_data=(val_x, to_targets(task, val_y)),
