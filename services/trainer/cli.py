@@ -182,6 +182,9 @@ def _recipe_command(task: str) -> Any:
                 stored = RunFolder(resume).stored_recipe()
                 if stored is None:
                     raise ValueError(f"{resume} holds no run (no run.json).")
+                if stored["task"] != task:
+                    raise ValueError(f"{resume} holds a {stored['task']} run; resume it with "
+                                     f"skyserve-train {stored['task']} --resume.")
                 recipe = Recipe.model_validate(merged(stored, changes))
             else:
                 recipe = load_recipe(task, tiny=tiny, overrides=changes)
