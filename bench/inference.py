@@ -47,7 +47,7 @@ TASK = "inclination"  # the IncliNET comparison (--keras) and the default --task
 def sample_pngs(n: int) -> list[bytes]:
     """Synthetic galaxies when GalSim is installed, else noisy ellipses."""
     try:
-        from services.trainer.synthetic import render_galaxy_png
+        from services.trainer.data.galaxies import render_galaxy_png
 
         return [render_galaxy_png(45 + 45 * (i % 10) / 10, seed=i) for i in range(n)]
     except ImportError:
@@ -149,10 +149,11 @@ def system(pngs: list[bytes], models: Path, workers: int, clients: int,
 
 
 def keras_baseline(pngs: list[bytes], n_models: int = 15) -> dict[str, float]:
-    from services.trainer.architectures import build_model
+    from services.trainer.model.heads import build_member_models
 
     task = get_task_definition(TASK)
-    keras_models = [build_model("model4", task, input_size=128) for _ in range(n_models)]
+    keras_models = [build_member_models("model4", task, input_size=128).export
+                    for _ in range(n_models)]
     from shared.registry import InputSpec
 
     spec = InputSpec(size=128)

@@ -26,7 +26,9 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONPATH=/srv/app \
     SKYSERVE_MODELS_DIR=/srv/models \
     MPLCONFIGDIR=/tmp/matplotlib \
-    TF_CPP_MIN_LOG_LEVEL=1
+    TF_CPP_MIN_LOG_LEVEL=1 \
+    SKYSERVE_TRAINER_BACKBONE_DIR=/home/skyserve/.cache/backbones \
+    SKYSERVE_TRAINER_RUNS_DIR=/home/skyserve/.cache/runs
 RUN groupadd --system --gid 10001 skyserve \
  && useradd --system --uid 10001 --gid skyserve --create-home --home-dir /home/skyserve skyserve
 COPY --from=deps /opt/venv /opt/venv

@@ -244,11 +244,38 @@ class RegistryWriter:
         staging.mkdir()
         return staging
 
-    def publish(self, staging: Path, manifest: Manifest) -> Manifest:
+    def claim(self, task: str) -> int:
+        """Reserve the next version number of ``task`` before its files are ready.
+
+        The claim is an empty numbered folder (readers only see folders holding a
+        manifest). A trainer claims first when the number must be known before
+        publishing: MC-dropout masks are seeded by the version, so the evaluation
+        must use the number that will be served. Publish with ``claimed=`` or
+        :meth:`unclaim` it.
+        """
+        task_dir = self.root / _check_name(task)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            existing = [int(p.name) for p in task_dir.iterdir() if p.name.isdigit()]
+            version = max(existing, default=0) + 1
+            try:
+                (task_dir / str(version)).mkdir()  # exclusive: two publishers never share one
+            except FileExistsError:
+                continue
+            return version
+
+    def unclaim(self, task: str, version: int) -> None:
+        """Give back a claimed number that will not be published (its folder must be empty)."""
+        claim = self.root / _check_name(task) / str(int(version))
+        if claim.is_dir() and not any(claim.iterdir()):
+            claim.rmdir()
+
+    def publish(self, staging: Path, manifest: Manifest, *, claimed: int | None = None) -> Manifest:
         """Verify the staged members, claim the next version and move the folder into place.
 
-        The manifest's ``version`` is overwritten with the claimed number, and its
-        members' sha256 are checked against the staged files.
+        The manifest's ``version`` is overwritten with the claimed number (``claimed``
+        when the number was reserved with :meth:`claim`), and its members' sha256 are
+        checked against the staged files.
 
         Returns
         -------
@@ -258,22 +285,23 @@ class RegistryWriter:
         Raises
         ------
         ModelIntegrityError
-            If a staged member file is missing or does not match its checksum.
+            If a staged member file is missing or does not match its checksum, or the
+            ``claimed`` folder is not an empty claim.
         """
         for member in manifest.members:
             path = staging / member.file
             if not path.is_file() or sha256_file(path) != member.sha256:
                 raise ModelIntegrityError(f"Staged member {member.file} is missing or corrupt.")
         task_dir = self.root / _check_name(manifest.task)
-        while True:
-            existing = [int(p.name) for p in task_dir.iterdir() if p.name.isdigit()]
-            version = max(existing, default=0) + 1
+        if claimed is not None:
+            claim = task_dir / str(int(claimed))
+            if not claim.is_dir() or any(claim.iterdir()):
+                raise ModelIntegrityError(
+                    f"{manifest.task} version {claimed} is not an empty claim; not publishing.")
+            version = int(claimed)
+        else:
+            version = self.claim(manifest.task)
             claim = task_dir / str(version)
-            try:
-                claim.mkdir()  # exclusive: two publishers never get the same number
-            except FileExistsError:
-                continue
-            break
         published = manifest.model_copy(update={"version": version})
         (staging / MANIFEST).write_text(published.model_dump_json(indent=2) + "\n")
         # rename(2) replaces an empty directory atomically; readers see all or nothing.

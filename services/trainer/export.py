@@ -16,17 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from shared.registry import McDropout
+from shared.members import MemberRunner
+from shared.registry import Manifest, McDropout
 
 __all__ = [
     "ParityError",
     "DEFAULT_TOLERANCE",
     "export_onnx",
+    "export_member",
     "onnx_session",
+    "onnx_runners",
     "onnx_predict",
     "keras_predict",
     "parity_masks",
     "check_parity",
+    "member_parity",
 ]
 
 DEFAULT_TOLERANCE = 1e-4
@@ -59,6 +63,11 @@ def export_onnx(model: Any, path: Path, *, input_name: str = "image", opset: int
     return path
 
 
+def export_member(member: Any, path: Path) -> Path:
+    """Export a :class:`services.trainer.fit.FittedMember`: input ``image`` (+ ``mc_mask``)."""
+    return export_onnx(member.models.export, path, mc=member.models.mc)
+
+
 def onnx_session(path: Path, *, threads: int = 2) -> Any:
     """A CPU ONNX Runtime session with a capped thread pool."""
     import onnxruntime as ort
@@ -68,6 +77,14 @@ def onnx_session(path: Path, *, threads: int = 2) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runners(manifest: Manifest, folder: Path, *, threads: int = 2) -> list[MemberRunner]:
+    """A CPU session per member file of ``manifest`` in ``folder``, as runners for
+    :mod:`shared.members`."""
+    return [MemberRunner(m.name, onnx_session(Path(folder) / m.file, threads=threads),
+                         manifest.input.input_name, manifest.output.output_name)
+            for m in manifest.members]
 
 
 def onnx_predict(session: Any, x: np.ndarray, *, batch_size: int = 256,
@@ -147,3 +164,10 @@ def check_parity(
             )
         worst = max(worst, diff)
     return worst
+
+
+def member_parity(member: Any, path: Path, x: np.ndarray, *, tolerance: float,
+                  threads: int = 2) -> float:
+    """:func:`check_parity` of a :class:`services.trainer.fit.FittedMember`'s export model."""
+    return check_parity(member.models.export, path, x, tolerance=tolerance, threads=threads,
+                        mc=member.models.mc)

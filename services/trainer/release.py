@@ -1,55 +1,54 @@
-"""Releases an ensemble for any task kind: train → ONNX → parity → served evaluation → registry.
+"""The one release path of every task: data → members → ONNX + parity → evaluation → registry.
 
-:func:`release` takes ready :class:`~services.trainer.labelled.LabelledSet` splits
-(synthetic scenes, real photos or a user's catalog), trains bagged members
-(:mod:`services.trainer.fitting`), exports each with tf2onnx (with the MC-dropout
-mask input when the members use MC dropout), refuses to publish unless ONNX Runtime
-reproduces Keras within the tolerance (with an all-ones mask and with a random
-mask), evaluates the ONNX members exactly as the worker serves them
-(:mod:`services.trainer.scoring`), writes ``metrics.json`` and the plots into the
-version folder, and publishes atomically with :class:`shared.registry.RegistryWriter`.
-A failed run leaves no version behind.
+:func:`release` walks a recipe (:mod:`services.trainer.recipe`) down the path once:
+
+1. **data** — the recipe's source builds the splits (:mod:`services.trainer.data`),
+   every image through :func:`shared.preprocessing.preprocess`;
+2. **members** — bagged members fitted one by one (:mod:`services.trainer.fit`),
+   from scratch or from a pretrained body, each saved into the run folder
+   (:mod:`services.trainer.runs`) as soon as it has trained;
+3. **export + parity** — tf2onnx, and ONNX Runtime must reproduce Keras on held-out
+   images (:mod:`services.trainer.export`);
+4. **evaluation** — the version's number is claimed first, because MC-dropout masks
+   are seeded by it; then the test set is answered by :func:`shared.members.answer`,
+   exactly as the worker answers it (:mod:`services.trainer.evaluate`);
+5. **manifest + publish** — metrics, plots and the manifest (with the command and the
+   recipe) are staged and published atomically into the claimed version.
+
+A failure after training leaves no version behind and keeps the run folder, from
+which ``--resume`` finishes the run without training again. Nothing here depends on
+which task it is: the recipe and the task's kind decide.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from services.trainer.data import Splits, build_splits, split_seeds
+from services.trainer.data.catalog import unusable_rows_csv
+from services.trainer.fit import FittedMember, Weighting, weighting_for
+from services.trainer.manifest import (
+    LOSSES,
+    headline_metrics,
+    library_versions,
+    member_entry,
+    write_json,
+)
+from services.trainer.model.backbones import DEFAULT_CACHE, backbone_path
+from services.trainer.recipe import Recipe, load_recipe
+from services.trainer.runs import RunFolder
+from shared.registry import InputSpec, Manifest, RegistryWriter
+from shared.taskdefs import TaskDefinition, get_task_definition
 
-from services.trainer.fitting import FitConfig, FittedMember, fit_members
-from services.trainer.labelled import LabelledSet
-from shared.registry import InputSpec, Manifest, Member, RegistryWriter, sha256_file
-from shared.taskdefs import TaskDefinition
-
-__all__ = ["ReleaseOptions", "ReleaseResult", "release", "export_member", "check_member_parity",
-           "save_backbone", "headline_rows"]
+__all__ = ["ReleaseResult", "release", "input_spec", "member_names", "pretrained_body",
+           "rebuild_backbone", "save_backbone"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReleaseOptions:
-    """Everything besides the data that one release needs; recorded in the manifest."""
-
-    models_dir: Path = Path("models")
-    fit: FitConfig = field(default_factory=FitConfig)
-    tta: tuple[str, ...] = ("identity", "rot180")
-    parity_images: int = 64
-    parity_tolerance: float = 1e-4
-    threads: int = 2
-    command: str = ""
-    backbone_out: Path | None = None  # save member 0's body weights here (transfer learning)
-    backbone_source: dict[str, Any] | None = None  # provenance of a pretrained body used
-    failures: int = 12
 
 
 @dataclass
@@ -60,42 +59,31 @@ class ReleaseResult:
     version_dir: Path
     metrics: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)  # members trained by this call
+    loaded: list[str] = field(default_factory=list)  # members resumed from the run folder
 
 
-# --------------------------------------------------------------------------- export
+def input_spec(recipe: Recipe) -> InputSpec:
+    """The model input every split is preprocessed for (and the manifest serves)."""
+    return InputSpec(size=recipe.input_size, channels=3, scaling=recipe.scaling)
 
 
-def export_member(member: FittedMember, path: Path, spec: InputSpec) -> Path:
-    """Export a member's export model: input ``image`` (+ ``mc_mask``), dynamic batch."""
-    from services.trainer.export import export_onnx
-
-    return export_onnx(member.models.export, path, input_name=spec.input_name,
-                       mc=member.models.mc)
-
-
-def check_member_parity(member: FittedMember, path: Path, x: np.ndarray, spec: InputSpec, *,
-                        tolerance: float, threads: int) -> float:
-    """Max |Keras − ONNX Runtime| over ``x``; with MC dropout, for a ones and a random mask.
-
-    Raises
-    ------
-    services.trainer.export.ParityError
-        If the shapes differ or any difference exceeds ``tolerance``.
-    """
-    from services.trainer.export import check_parity
-
-    return check_parity(member.models.export, path, x, tolerance=tolerance, threads=threads,
-                        mc=member.models.mc)
+def _backbone_name(recipe: Recipe) -> str:
+    """Cache name of a body pretrained by ``recipe.backbone`` (tiny variants apart)."""
+    name = recipe.backbone or recipe.task
+    return name if recipe.variant == "default" else f"{name}-{recipe.variant}"
 
 
 def save_backbone(member: FittedMember, path: Path, *, task: str, spec: InputSpec,
                   source: dict[str, Any]) -> Path:
     """Save a member's body weights (``.weights.h5``) and a JSON card beside them."""
+    import json
+
+    from services.trainer.model.bodies import get_architecture
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     member.models.body.save_weights(str(path))
-    from services.trainer.architectures import get_architecture
-
     card = {"task": task, "architecture": member.architecture,
             "layers": get_architecture(member.architecture).layers, "input_size": spec.size,
             "channels": spec.channels, "scaling": spec.scaling,
@@ -106,234 +94,275 @@ def save_backbone(member: FittedMember, path: Path, *, task: str, spec: InputSpe
     return path
 
 
-def headline_rows(task: TaskDefinition, metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    """Headline metrics as (name, formatted value) rows for printing."""
-    def fmt(v: Any) -> str:
-        return "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+def rebuild_backbone(task: str, path: Path, *, variant: str, seed: int, threads: int,
+                     workers: int, say: Callable[[str], None] = log.info) -> None:
+    """Train member 0 of ``task``'s recipe exactly as its default run does; save its body."""
+    from services.trainer.fit import configure_tensorflow, fit_member
 
-    rows: list[tuple[str, str]] = []
-    if task.kind == "regression":
-        keys = ["rms_deg", "mae_deg", "bias_m", "bias_b"]
-    elif task.kind == "multilabel":
-        keys = ["accuracy", "precision", "recall", "exact_match"]
-        rows += [(f"{lab} acc / prec / rec", " / ".join(fmt(m[k]) for k in
-                  ("accuracy", "precision", "recall"))) for lab, m in metrics["labels"].items()]
-    elif task.kind == "classification":
-        keys = ["accuracy", "macro_recall", "log_loss"]
-        rows += [(f"recall {lab}", fmt(v)) for lab, v in metrics["per_class_recall"].items()]
-    else:
-        keys = ["vote_fraction_mae", "vote_fraction_mae_expected", "vote_fraction_mae_floor",
-                "nll", "confident_answer_accuracy"]
-    rows = [(k, fmt(metrics.get(k))) for k in keys if k in metrics] + rows
-    rows.append(("parity_max_abs_diff", f"{metrics.get('parity_max_abs_diff', 0.0):.2g}"))
-    return rows
-
-
-# --------------------------------------------------------------------------- release
+    recipe = load_recipe(task, tiny=variant == "tiny").model_copy(update={"seed": seed})
+    definition = get_task_definition(task)
+    spec = input_spec(recipe)
+    data = build_splits(recipe.data.source, recipe.data.params, task=definition,
+                        sizes=recipe.data.sizes, spec=spec, seed=seed, workers=workers)
+    assert data.train is not None
+    configure_tensorflow(threads, seed)
+    val = (data.val.x, data.val.y) if data.val is not None and recipe.fit.early_stopping else None
+    member = fit_member(definition, data.train.x, data.train.y, recipe.fit, 0, seed=seed,
+                        val=val, weighting=weighting_for(definition, data.train.y, recipe.fit))
+    save_backbone(member, path, task=task, spec=spec,
+                  source={"version": None, "member": member.name,
+                          "command": f"rebuild_backbone({task!r}, variant={variant!r}, "
+                                     f"seed={seed})"})
+    say(f"rebuilt the {task} backbone at {path}")
 
 
-def _member_entry(member: FittedMember, path: Path, extra: dict[str, Any]) -> Member:
-    return Member(
-        name=member.name, file=path.name, architecture=member.architecture,
-        sha256=sha256_file(path), params=member.params,
-        subset_fraction=round(member.subset_fraction, 4), subset_seed=member.subset_seed,
-        metrics={"val_loss": round(member.val_loss, 5), "epochs_run": member.epochs_run,
-                 "best_epoch": member.best_epoch,
-                 "train_seconds": round(member.train_seconds, 1), **extra},
-    )
+def pretrained_body(recipe: Recipe, *, cache: Path, threads: int, workers: int,
+                    say: Callable[[str], None]) -> tuple[Any, dict[str, Any] | None]:
+    """A factory of fresh pretrained bodies for ``recipe.backbone`` and its card; ``(None, None)``
+    when the recipe trains from scratch. A missing project backbone is rebuilt by its recipe.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        A cached body of another architecture or size; a missing ImageNet file.
+    """
+    from services.trainer.model.backbones import ensure_backbone, load_backbone, mobilenet_backbone
+    from services.trainer.model.bodies import get_architecture
+
+    if recipe.backbone is None:
+        return None, None
+    if recipe.backbone == "imagenet-mobilenet":
+        if recipe.backbone_file is None:
+            raise ValueError("The imagenet-mobilenet backbone needs a local weights file.")
+        return mobilenet_backbone(recipe.backbone_file, input_size=recipe.input_size)
+    backbone = recipe.backbone
+    def rebuild(path: Path) -> None:
+        rebuild_backbone(backbone, path, variant=recipe.variant, seed=recipe.seed,
+                         threads=threads, workers=workers, say=say)
+
+    path = ensure_backbone(_backbone_name(recipe), cache, say=say, rebuild=rebuild)
+    factory, card = load_backbone(path)
+    wanted = (recipe.fit.architecture, get_architecture(recipe.fit.architecture).layers,
+              recipe.input_size)
+    if (card["architecture"], card.get("layers"), card["input_size"]) != wanted:
+        raise ValueError(f"Backbone {path} is a {card['architecture']} body "
+                         f"({card.get('layers')}) at {card['input_size']} px; this "
+                         f"recipe needs {wanted[0]} ({wanted[1]}) at {wanted[2]} px. "
+                         "Delete it to have it rebuilt, or point --backbone-cache elsewhere.")
+    return factory, card
 
 
-def _counts(task: TaskDefinition, data: LabelledSet) -> dict[str, int]:
-    """Examples per class, positives per label or votes per answer (regression: the size)."""
-    if task.kind == "regression":
-        return {"n": len(data)}
-    names = data.label_names or task.output_names
-    y = np.asarray(data.y)
-    counts = (np.bincount(y.astype(np.int64), minlength=len(names)) if y.ndim == 1
-              else np.rint(y.sum(axis=0)))
-    return {name: int(c) for name, c in zip(names, counts)}
+def member_names(recipe: Recipe) -> list[str]:
+    """The names the recipe's members get (and their run-folder files)."""
+    return [f"{recipe.fit.architecture}-{i}" for i in range(recipe.fit.members)]
+
+
+def _members(recipe: Recipe, task: TaskDefinition, run: RunFolder, data: Splits, *,
+             threads: int, workers: int, cache: Path,
+             say: Callable[[str], None]) -> tuple[list[FittedMember], Weighting, list[str]]:
+    """The run's members: loaded from the run folder where saved, else fitted (and saved)."""
+    from services.trainer.fit import configure_tensorflow, fit_member
+
+    configure_tensorflow(threads, recipe.seed)
+    fit = recipe.fit
+    members: list[FittedMember | None] = [run.load_member(name) for name in member_names(recipe)]
+    for member in members:
+        if member is not None:
+            say(f"  {member.name}: loaded from {run.path} (trained before)")
+    trained: list[str] = []
+    if all(m is not None for m in members):
+        weighting = Weighting.from_description(task, run.state()["train"]["weighting"])
+        return members, weighting, trained  # type: ignore[return-value]
+    train, val = data.train, data.val
+    assert train is not None
+    weighting = weighting_for(task, train.y, fit)
+    factory, card = pretrained_body(recipe, cache=cache, threads=threads, workers=workers, say=say)
+    run.save_training_set(train.description, train.label_counts(), len(train),
+                          weighting.describe(task), backbone=card)
+    say(f"training {fit.members - sum(m is not None for m in members)} x {fit.architecture} on "
+        f"{len(train)} examples ({task.kind}{', MC dropout' if fit.mc_rate else ''}"
+        f"{', fine-tuning a pretrained body' if factory else ''})")
+    early = (val.x, val.y) if val is not None and fit.early_stopping else None
+    for i, member in enumerate(members):
+        if member is None:
+            member = fit_member(task, train.x, train.y, fit, i, seed=recipe.seed, val=early,
+                                weighting=weighting, backbone=factory)
+            run.save_member(member)
+            members[i] = member
+            trained.append(member.name)
+            say(f"  {member.name}: {member.epochs_run} epochs (best {member.best_epoch}), "
+                f"loss {member.val_loss:.4f}, {member.train_seconds:.0f} s; saved in {run.path}")
+    return members, weighting, trained  # type: ignore[return-value]
+
+
+def _training_section(recipe: Recipe, task: TaskDefinition, run: RunFolder, data: Splits,
+                      weighting: Weighting, *, command: str, describe: dict[str, Any] | None,
+                      metrics: dict[str, Any],
+                      timings: dict[str, float], threads: int, workers: int) -> dict[str, Any]:
+    fit, train = recipe.fit, run.state()["train"]
+    test = data.test
+    early = fit.early_stopping and data.val is not None
+    return {
+        "command": command,
+        "recipe": recipe.record(),
+        "data": {
+            "source": recipe.data.source, "train": train["description"],
+            "val": data.val.description if data.val is not None else None,
+            "test": test.description, "seeds": split_seeds(recipe.seed), **(describe or {}),
+            "n_train": train["n"], "n_val": len(data.val) if data.val is not None else 0,
+            "n_test": len(test), "train_label_counts": train["label_counts"],
+            "test_label_counts": test.label_counts(),
+        },
+        "hyperparameters": {
+            **fit.model_dump(mode="json"), "seed": recipe.seed, "input_size": recipe.input_size,
+            "loss": LOSSES[task.kind], "optimizer": "AdamW with cosine learning-rate decay",
+            "early_stopping": (f"val_loss, patience {fit.patience}, best weights restored"
+                               if early else
+                               "none: the full schedule (the evaluation split stays unseen)"),
+            "bagging": "each member trains on a random subset (subset_fraction, subset_seed)",
+            "imbalance": weighting.describe(task),
+        },
+        "backbone": train.get("backbone"),
+        "evaluation": {
+            "metrics_on": f"{metrics['evaluated_on']} split ({len(test)} examples), served "
+                          "path: shared.members.answer (ONNX members x test-time transforms x "
+                          "MC samples with per-image masks -> shared.ensemble.summarize)",
+            "calibration_fit_on": ("validation set" if fits_calibration(task, recipe, data)
+                                   else None),
+            "parity_images": min(recipe.checks.parity_images, len(test)),
+            "parity_tolerance": recipe.checks.parity_tolerance,
+        },
+        "library_versions": library_versions(),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "threads": threads,
+        "workers": workers,
+        "resumed": run.state().get("resumed", []),
+    }
+
+
+def fits_calibration(task: TaskDefinition, recipe: Recipe, data: Splits) -> bool:
+    """Whether the evaluation fits a calibration on validation (a regression's bias)."""
+    return task.kind == "regression" and recipe.checks.bias_correction and data.val is not None
 
 
 def release(
-    task: TaskDefinition,
-    train: LabelledSet,
-    val: LabelledSet | None,
-    test: LabelledSet,
-    options: ReleaseOptions,
+    recipe: Recipe,
     *,
-    backbone: Callable[[], Any] | None = None,
-    extra_files: dict[str, bytes] | None = None,
-    data_description: dict[str, Any] | None = None,
-    expected: np.ndarray | None = None,
+    models_dir: Path,
+    run_dir: Path,
+    threads: int = 2,
+    workers: int = 1,
+    command: str = "",
+    backbone_cache: Path = DEFAULT_CACHE,
+    task: TaskDefinition | None = None,
+    splits: Splits | None = None,
+    describe: dict[str, Any] | None = None,
     say: Callable[[str], None] = log.info,
 ) -> ReleaseResult:
-    """Train, export, check, evaluate and publish one version of ``task``.
+    """Build, check, evaluate and publish one version of ``recipe.task``.
 
     Parameters
     ----------
-    train, val, test
-        The splits. ``val`` drives early stopping (and the regression bias fit);
-        with ``val`` None members train the full schedule. ``test`` is never seen
-        in training; metrics are measured on it.
-    backbone
-        Returns a fresh pretrained body; members are then fine-tuned
-        (``options.fit.fine_tune``).
-    extra_files
-        File name → bytes written into the version folder (e.g. ``unusable_rows.csv``).
-    expected
-        Vote trees on synthetic data: the answer probabilities behind ``test``'s votes.
+    run_dir
+        The run folder. A folder holding a started run is resumed: its saved members
+        are loaded instead of trained, and ``recipe`` must train what it trained.
+    task
+        The task definition (default: the built-in or registry task ``recipe.task``).
+    splits
+        Ready splits (a user's catalog); otherwise the recipe's source builds them.
+    describe
+        Extra data description for the manifest (``training.data``).
 
     Raises
     ------
     services.trainer.export.ParityError
-        If an exported member does not reproduce Keras; nothing is published.
+        If an exported member does not reproduce Keras; nothing is published and the
+        run folder keeps the trained members.
     """
-    from services.trainer.evaluate import evaluate_task
-    from services.trainer.export import onnx_session
-    from services.trainer.heads import output_spec
-    from services.trainer.publish import build_manifest, library_versions, publish, write_json
-    from services.trainer.train import configure_tensorflow
+    from services.trainer.evaluate import evaluate
+    from services.trainer.export import export_member, member_parity, onnx_runners
+    from services.trainer.model.heads import output_spec
 
     started = time.perf_counter()
+    task = task or get_task_definition(recipe.task, Path(models_dir))
+    run = RunFolder(run_dir)
+    command = run.start(recipe, command)  # a resumed run keeps the command that started it
+    spec = input_spec(recipe)
     timings: dict[str, float] = {}
-    spec = InputSpec(size=int(train.x.shape[1]), channels=int(train.x.shape[-1]),  # type: ignore[arg-type]
-                     scaling=options_scaling(train))
-    fit = options.fit
-    configure_tensorflow(options.threads, fit.seed)
-    say(f"training {fit.members} x {fit.architecture} on {len(train)} examples "
-        f"({task.kind}{', MC dropout' if fit.mc_rate else ''}"
-        f"{', fine-tuning a pretrained body' if backbone else ''})")
-    members, weighting = fit_members(
-        task, train.x, np.asarray(train.y), fit,
-        val=(val.x, np.asarray(val.y)) if val is not None and fit.early_stopping else None,
-        backbone=backbone)
-    timings["train_s"] = time.perf_counter() - started
-    for m in members:
-        say(f"  {m.name}: {m.epochs_run} epochs (best {m.best_epoch}), loss {m.val_loss:.4f}, "
-            f"{m.train_seconds:.0f} s")
+    if splits is None:
+        need_train = bool(run.missing(member_names(recipe)))
+        say(f"building the {recipe.task} data from source {recipe.data.source!r} at "
+            f"{spec.size} px ({workers} process(es)){'' if need_train else '; held-out only'}")
+        splits = build_splits(recipe.data.source, recipe.data.params, task=task,
+                              sizes=recipe.data.sizes, spec=spec, seed=recipe.seed,
+                              workers=workers, train=need_train)
+        timings["data_s"] = time.perf_counter() - started
+    t0 = time.perf_counter()
+    members, weighting, trained = _members(recipe, task, run, splits, threads=threads,
+                                           workers=workers, cache=Path(backbone_cache), say=say)
+    timings["train_s"] = time.perf_counter() - t0
+    test, val = splits.test, splits.val
 
-    writer = RegistryWriter(Path(options.models_dir))
+    writer = RegistryWriter(Path(models_dir))
+    version = writer.claim(task.name)
     staging = writer.stage(task.name)
     try:
         t0 = time.perf_counter()
-        held_out = test.x[: options.parity_images]
-        parity, entries, sessions = 0.0, [], {}
+        held_out = test.x[: recipe.checks.parity_images]
+        parity, entries = 0.0, []
         for m in members:
-            path = export_member(m, staging / f"{m.name}.onnx", spec)
-            diff = check_member_parity(m, path, held_out, spec, tolerance=options.parity_tolerance,
-                                       threads=options.threads)
+            path = export_member(m, staging / f"{m.name}.onnx")
+            diff = member_parity(m, path, held_out, tolerance=recipe.checks.parity_tolerance,
+                                 threads=threads)
             parity = max(parity, diff)
-            entries.append(_member_entry(m, path, {"parity_max_abs_diff": diff}))
-            sessions[m.name] = onnx_session(path, threads=options.threads)
+            entries.append(member_entry(m, path, {"parity_max_abs_diff": diff}))
         timings["export_s"] = time.perf_counter() - t0
         say(f"exported {len(members)} ONNX members; parity max abs diff {parity:.2e}"
-            f"{' (MC mask: ones and random)' if fit.mc_rate else ''}")
+            f"{' (MC mask: ones and random)' if recipe.fit.mc_rate else ''}")
 
         t0 = time.perf_counter()
-        draft = build_manifest(task=task.name, members=entries, input_spec=spec,
-                               output=output_spec(task, members[0].models.mc),
-                               tta=list(options.tta))
-        manifest, metrics = evaluate_task(task, draft, sessions, test, staging,
-                                             failures=options.failures, val=val,
-                                             expected=expected)
-        metrics.update({"parity_max_abs_diff": parity, "n_train": len(train),
+        draft = Manifest(task=task.name, version=version, members=entries, input=spec,
+                         output=output_spec(task, members[0].models.mc), tta=recipe.tta)  # type: ignore[arg-type]
+        manifest, metrics = evaluate(task, draft, onnx_runners(draft, staging, threads=threads),
+                                     test, staging, val=val, failures=recipe.checks.failures,
+                                     calibrate=fits_calibration(task, recipe, splits))
+        metrics.update({"parity_max_abs_diff": parity, "n_train": run.state()["train"]["n"],
                         "n_val": len(val) if val is not None else 0, "n_test": len(test),
-                        "tta": list(options.tta),
-                        "mc_samples": fit.mc_samples if fit.mc_rate else 0,
                         "evaluated_on": test.description.get("split", "test"),
                         **weighting.describe(task)})
         timings["evaluate_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
-        for name, content in (extra_files or {}).items():
-            (staging / name).write_bytes(content)
+        per_member = metrics.get("members", {})
+        entries = [e.model_copy(update={"metrics": {**e.metrics, **{
+            f"test_{k}": round(v, 4) for k, v in per_member.get(e.name, {}).items()}}})
+            for e in entries]
+        unusable = [row for d in (run.state()["train"]["description"], test.description)
+                    for row in d.get("unusable_rows", [])]
+        if unusable:  # every row a source could not use, with its reasons
+            (staging / "unusable_rows.csv").write_bytes(unusable_rows_csv(unusable))
         write_json(staging / "metrics.json", metrics)
-        training = {
-            "command": options.command,
-            "data": {
-                **(data_description or train.description),
-                "n_train": len(train), "n_val": len(val) if val is not None else 0,
-                "n_test": len(test),
-                "train_label_counts": _counts(task, train),
-                "test_label_counts": _counts(task, test),
-            },
-            "hyperparameters": {
-                **{k: v for k, v in asdict(fit).items() if k != "fine_tune"},
-                "fine_tune": asdict(fit.fine_tune) if fit.fine_tune and backbone else None,
-                "loss": LOSSES[task.kind],
-                "optimizer": "AdamW with cosine learning-rate decay",
-                "early_stopping": (f"val_loss, patience {fit.patience}, best weights restored"
-                                   if fit.early_stopping and val is not None else
-                                   "none: the full schedule (the evaluation split stays unseen)"),
-                "bagging": "each member trains on a random subset (subset_fraction, subset_seed)",
-                **weighting.describe(task),
-            },
-            "backbone": options.backbone_source if backbone else None,
-            "evaluation": {
-                "metrics_on": f"{metrics['evaluated_on']} split ({len(test)} examples), served "
-                "path: ONNX members x test-time transforms x MC samples -> "
-                "shared.ensemble.summarize",
-                "parity_images": int(len(held_out)),
-                "parity_tolerance": options.parity_tolerance,
-            },
-            "library_versions": library_versions(),
-            "timings_s": {k: round(v, 1) for k, v in timings.items()},
-            "threads": options.threads,
-        }
         manifest = manifest.model_copy(update={
-            "members": entries,
-            "metrics": _manifest_metrics(metrics),
+            "members": entries, "metrics": headline_metrics(metrics),
             "parity_max_abs_diff": parity,
-            "training": training,
+            "training": _training_section(recipe, task, run, splits, weighting, command=command,
+                                          describe=describe, metrics=metrics,
+                                          timings=timings, threads=threads, workers=workers),
         })
+        published = writer.publish(staging, manifest, claimed=version)
     except BaseException:
         writer.discard(staging)
+        writer.unclaim(task.name, version)
+        say(f"nothing published; the trained members are kept in {run.path}: finish with "
+            f"`skyserve-train {recipe.task} --resume {run.path}`")
         raise
-    published = publish(writer, staging, manifest)
-    version_dir = Path(options.models_dir) / task.name / str(published.version)
-    if options.backbone_out is not None:
-        save_backbone(members[0], options.backbone_out, task=task.name, spec=spec,
+    version_dir = Path(models_dir) / task.name / str(published.version)
+    if recipe.save_backbone:
+        path = backbone_path(Path(backbone_cache), _backbone_name(recipe))
+        save_backbone(members[0], path, task=task.name, spec=spec,
                       source={"version": published.version, "member": members[0].name,
-                              "command": options.command})
-        say(f"saved the body of {members[0].name} to {options.backbone_out}")
+                              "command": command})
+        say(f"saved the body of {members[0].name} to {path}")
+    run.remove()
     say(f"published {task.name} v{published.version} at {version_dir}")
-    return ReleaseResult(published, version_dir, metrics, timings)
-
-
-LOSSES = {
-    "regression": "mean squared error on targets scaled to (-1, 1) (tanh head)",
-    "classification": "softmax cross-entropy from logits, class-weighted per example",
-    "multilabel": "binary cross-entropy from logits per label, positive term weighted "
-                  "for rare labels, averaged over labels",
-    "vote_tree": "Dirichlet-multinomial negative log-likelihood of each question's vote "
-                 "counts (concentrations 1 + 100 sigmoid(x)), summed over questions; "
-                 "questions with no votes contribute 0 (Zoobot)",
-}
-
-
-def options_scaling(data: LabelledSet) -> str:
-    """The input scaling a set was preprocessed with (``symmetric`` if any value < 0)."""
-    scaling = data.description.get("scaling") if isinstance(data.description, dict) else None
-    if scaling in ("unit", "symmetric"):
-        return scaling
-    return "symmetric" if float(np.min(data.x[: min(len(data), 64)])) < 0 else "unit"
-
-
-def _manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The headline part of ``metrics.json`` for the manifest (no curves, no per-bin tables)."""
-    drop = {"reliability", "questions", "labels", "confusion", "root_confusion", "members",
-            "rms_deg_by_bin", "baseline_axis_ratio_note"}
-    out = {k: v for k, v in metrics.items() if k not in drop}
-    if "labels" in metrics:
-        out["per_label"] = {lab: {k: m[k] for k in ("accuracy", "precision", "recall")}
-                            for lab, m in metrics["labels"].items()}
-    return out
-
-
-def unusable_rows_csv(rows: list[dict[str, Any]]) -> bytes:
-    """The ``unusable_rows.csv`` bytes for a list of ``{row, id, reason}`` dicts."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["row", "id", "reason"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
+    return ReleaseResult(published, version_dir, metrics, timings, trained,
+                         [m.name for m in members if m.name not in trained])

@@ -16,18 +16,24 @@ class TrainerSettings(SkyserveSettings):
     """Settings of ``skyserve-train``; ``models_dir`` (the registry) comes from the base.
 
     Environment: ``SKYSERVE_TRAINER_THREADS``, ``SKYSERVE_TRAINER_RENDER_WORKERS``,
-    ``SKYSERVE_TRAINER_BACKBONE_DIR``.
+    ``SKYSERVE_TRAINER_BACKBONE_DIR``, ``SKYSERVE_TRAINER_RUNS_DIR``.
     """
 
     trainer_threads: int = Field(
         default=2, ge=1, description="TensorFlow and ONNX Runtime threads (machines are shared)."
     )
     trainer_render_workers: int = Field(
-        default=2, ge=1, description="Processes rendering synthetic galaxies in parallel."
+        default=2, ge=1,
+        description="Processes building data sets (rendering, decoding) in parallel.",
     )
     trainer_backbone_dir: Path = Field(
         default=Path(".cache/backbones"),
         description="Pretrained bodies for transfer learning (<task>.weights.h5 + card).",
+    )
+    trainer_runs_dir: Path = Field(
+        default=Path(".cache/runs"),
+        description="Run folders: trained Keras members kept until their version is "
+        "published (skyserve-train TASK --resume RUN_DIR finishes a failed run).",
     )
 
 

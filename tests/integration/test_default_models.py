@@ -17,8 +17,9 @@ from shared.taskdefs import get_task_definition
 from tests.integration.conftest import DEFAULT_MODELS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-scenes = pytest.importorskip("services.trainer.scenes", reason="needs the trainer extra (GalSim)")
-synthetic = pytest.importorskip("services.trainer.synthetic", reason="needs the trainer extra")
+morphology = pytest.importorskip("services.trainer.data.morphology",
+                                 reason="needs the trainer extra (GalSim)")
+galaxies = pytest.importorskip("services.trainer.data.galaxies", reason="needs the trainer extra")
 
 SEED_TASKS = ("inclination", "rejection", "morphology", "object-type")
 
@@ -39,9 +40,9 @@ def _scene_pngs(kind: str, accept, count: int = 1, seeds=range(2000)) -> list[by
     """The first ``count`` morphology scenes of ``kind`` whose truth ``accept`` takes."""
     found = []
     for seed in seeds:
-        scene = scenes.render_morphology(seed, kind=kind)
+        scene = morphology.render_morphology(seed, kind=kind)
         if accept(scene.truth):
-            found.append(synthetic.encode_png(scene.image))
+            found.append(morphology.encode_png(scene.image))
             if len(found) == count:
                 return found
     raise AssertionError(f"only {len(found)} {kind} scenes fit in {seeds}")
@@ -52,7 +53,7 @@ def test_every_seed_task_has_a_committed_default() -> None:
 
 
 def test_one_upload_answers_all_four_tasks(stack: Stack) -> None:
-    result = _finished(stack, synthetic.render_galaxy_png(70.0, seed=5), ",".join(SEED_TASKS))
+    result = _finished(stack, galaxies.render_galaxy_png(70.0, seed=5), ",".join(SEED_TASKS))
     reader = RegistryReader(DEFAULT_MODELS)
     assert set(result["tasks"]) == set(SEED_TASKS)
     for name in SEED_TASKS:

@@ -9,7 +9,8 @@ from tests.helpers.images import truncated_png
 from tests.integration.conftest import DEFAULT_MODELS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-synthetic = pytest.importorskip("services.trainer.synthetic", reason="needs the trainer extra (GalSim)")
+galaxies = pytest.importorskip("services.trainer.data.galaxies",
+                               reason="needs the trainer extra (GalSim)")
 
 
 def _answer(stack: Stack, data: bytes, **form: str) -> dict:
@@ -25,7 +26,7 @@ def _answer(stack: Stack, data: bytes, **form: str) -> dict:
 
 @pytest.mark.parametrize(("inclination", "seed"), [(52.0, 11), (67.0, 12), (83.0, 13)])
 def test_a_galsim_galaxy_comes_back_within_5_degrees(stack: Stack, inclination: float, seed: int) -> None:
-    png = synthetic.render_galaxy_png(inclination, seed=seed)
+    png = galaxies.render_galaxy_png(inclination, seed=seed)
     job = _answer(stack, png, tasks="inclination")
     assert job["status"] == "succeeded", job["error"]
     result = job["result"]["tasks"]["inclination"]

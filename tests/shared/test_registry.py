@@ -72,6 +72,30 @@ def test_publish_refuses_a_staged_folder_with_a_bad_checksum(registry_root: Path
     assert writer.publish(staging, manifest).version == 1
 
 
+def test_a_claimed_number_is_known_before_publishing_and_given_back_on_failure(
+    registry_root: Path,
+) -> None:
+    writer = RegistryWriter(registry_root)
+    publish_tiny_regression(registry_root)
+    claimed = writer.claim("inclination")  # a trainer evaluates under the number it will serve
+    assert claimed == 2 and RegistryReader(registry_root).versions("inclination") == [1]
+    assert publish_tiny_regression(registry_root).version == 3  # others skip the claim
+    staging = writer.stage("inclination")
+    (staging / "m.onnx").write_bytes(b"model")
+    manifest = Manifest(task="inclination", version=1, input=InputSpec(size=8), members=[
+        Member(name="m", file="m.onnx", architecture="x", sha256=sha256_file(staging / "m.onnx"))])
+    assert writer.publish(staging, manifest, claimed=claimed).version == 2
+    again = writer.stage("inclination")
+    (again / "m.onnx").write_bytes(b"model")
+    with pytest.raises(ModelIntegrityError, match="not an empty claim"):
+        writer.publish(again, manifest, claimed=2)
+    given_back = writer.claim("inclination")
+    writer.unclaim("inclination", given_back)
+    assert not (registry_root / "inclination" / str(given_back)).exists()
+    writer.unclaim("inclination", 2)  # a published version is never removed
+    assert RegistryReader(registry_root).versions("inclination") == [1, 2, 3]
+
+
 def test_unknown_names_and_versions(registry_root: Path) -> None:
     reader = RegistryReader(registry_root)
     with pytest.raises(UnknownTask):

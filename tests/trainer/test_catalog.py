@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from services.trainer.catalog import CatalogSpec, match_vote_columns, read_catalog, split_indices
+from services.trainer.data.catalog import (
+    CatalogSpec,
+    match_vote_columns,
+    read_catalog,
+    split_indices,
+)
 from shared.registry import InputSpec, RegistryReader
 from shared.taskdefs import get_task_definition, load_task_definitions
 from tests.helpers.images import ellipse, encode, png_bytes, truncated_png

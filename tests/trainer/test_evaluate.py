@@ -1,11 +1,12 @@
-"""The bias correction is IncliNET's, fitted and inverted the way shared.ensemble serves it."""
+"""Regression evaluation: IncliNET's bias correction, fitted and inverted the way
+shared.ensemble serves it, and the metrics per bin."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from services.trainer.evaluate import fit_bias, regression_metrics
+from services.trainer.evaluate.regression import by_bin, fit_bias, regression_metrics
 
 
 def test_fit_bias_recovers_a_known_linear_pull() -> None:
@@ -31,3 +32,11 @@ def test_regression_metrics() -> None:
     assert out["rms_deg"] == pytest.approx(np.sqrt(12.5))
     assert out["mae_deg"] == pytest.approx(3.5)
     assert out["within_5deg"] == 1.0
+
+
+def test_rms_per_bin_of_the_range() -> None:
+    truth = np.array([45.0, 49.0, 50.0, 89.0, 90.0])
+    pred = truth + np.array([1.0, 1.0, 2.0, -3.0, 3.0])
+    bins = by_bin(truth, pred, 45.0, 90.0)
+    assert list(bins) == ["45-50", "50-55", "85-90"]  # empty bins left out; 90 in the last
+    assert bins["45-50"] == pytest.approx(1.0) and bins["85-90"] == pytest.approx(3.0)

@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 
-from services.trainer.architectures import build_model  # noqa: E402
 from services.trainer.export import (  # noqa: E402
     ParityError,
     check_parity,
@@ -18,6 +17,7 @@ from services.trainer.export import (  # noqa: E402
     onnx_predict,
     onnx_session,
 )
+from services.trainer.model.heads import build_member_models  # noqa: E402
 from shared.taskdefs import get_task_definition  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def _model(seed: int):  # type: ignore[no-untyped-def]
     import keras
 
     keras.utils.set_random_seed(seed)
-    return build_model("tiny", get_task_definition("inclination"))
+    return build_member_models("tiny", get_task_definition("inclination"), input_size=32).export
 
 
 def test_export_names_the_input_image_and_matches_keras(tmp_path: Path, images: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from services.trainer.heads import (  # noqa: E402
+from services.trainer.model.heads import (  # noqa: E402
     build_member_models,
     class_weights,
     dirichlet_multinomial_nll,

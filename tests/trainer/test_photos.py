@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer import photos
+from services.trainer.data import photos
 from shared.registry import InputSpec
 
 CSV_FILE, PHOTO_DIR = photos.catalog_paths()
@@ -61,7 +61,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_only_listed_photos_are_read(small_csv: Path, opened: list[str]) -> None:
-    ds = photos.object_type_dataset("train", spec=SPEC, seed=0, copies=1, csv_path=small_csv)
+    ds = photos.photo_set("train", spec=SPEC, seed=0, copies=1, csv_path=small_csv)
     train = {f for f, s in PICK.items() if s == "train"}
     assert sorted(Path(p).name for p in opened) == sorted(train)
     assert all(Path(p).parent == PHOTO_DIR for p in opened)
@@ -74,7 +74,7 @@ def test_only_listed_photos_are_read(small_csv: Path, opened: list[str]) -> None
 
 
 def test_colour_and_grey_pairs(small_csv: Path) -> None:
-    ds = photos.object_type_dataset("train", spec=SPEC, seed=0, copies=2, csv_path=small_csv)
+    ds = photos.photo_set("train", spec=SPEC, seed=0, copies=2, csv_path=small_csv)
     assert ds.x.shape == (3 * 2 * 3, 32, 32, 3) and ds.x.dtype == np.float32
     assert ds.y.dtype == np.int64 and ds.task == "object-type"
     for file in (f for f, s in PICK.items() if s == "train"):
@@ -85,12 +85,12 @@ def test_colour_and_grey_pairs(small_csv: Path) -> None:
         assert grey == (truth["variant"] == "grey"), truth
     labels = ds.label_names
     assert all(labels[y] == t["label"] for y, t in zip(ds.y, ds.truth))
-    again = photos.object_type_dataset("train", spec=SPEC, seed=0, copies=2, csv_path=small_csv)
+    again = photos.photo_set("train", spec=SPEC, seed=0, copies=2, csv_path=small_csv)
     np.testing.assert_array_equal(again.x, ds.x)
 
 
 def test_validation_split_is_not_augmented(small_csv: Path) -> None:
-    ds = photos.object_type_dataset("val", spec=SPEC, seed=0, copies=5, csv_path=small_csv)
+    ds = photos.photo_set("val", spec=SPEC, seed=0, copies=5, csv_path=small_csv)
     assert sorted(ds.ids) == ["m2.png#colour", "m2.png#grey", "n6543.png#colour", "n6543.png#grey"]
     assert ds.description["copies"] == 0
 

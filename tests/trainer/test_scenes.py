@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from services.trainer import scenes
-from services.trainer.labelled import LabelledSet
+from services.trainer.data import morphology, rejection
+from services.trainer.data.labelled import LabelledSet
 from shared.preprocessing import preprocess
 from shared.registry import InputSpec
 from shared.taskdefs import get_task_definition
@@ -20,12 +20,12 @@ MORPHOLOGY = get_task_definition("morphology")
 
 @pytest.fixture(scope="module")
 def rejection_set() -> LabelledSet:
-    return scenes.rejection_dataset(40, seed=7, spec=SPEC)
+    return rejection.rejection_set(40, seed=7, spec=SPEC)
 
 
 @pytest.fixture(scope="module")
 def morphology_set() -> LabelledSet:
-    return scenes.morphology_dataset(24, seed=7, spec=SPEC, volunteers=40)
+    return morphology.morphology_set(24, seed=7, spec=SPEC, volunteers=40)
 
 
 def test_rejection_labels_format_and_balance(rejection_set: LabelledSet) -> None:
@@ -49,30 +49,31 @@ def test_rejection_truth_is_exact(rejection_set: LabelledSet) -> None:
         labels = dict(zip(REJECTION, row.astype(bool)))
         assert labels["face_on"] == (truth["inclination_deg"] < 45.0)
         assert 0.0 <= truth["inclination_deg"] <= 90.0
-        assert labels["low_snr"] == (truth["snr"] < scenes.LOW_SNR_RANGE[1])
+        assert labels["low_snr"] == (truth["snr"] < rejection.LOW_SNR_RANGE[1])
         assert labels["bright_star"] == (truth["star"] is not None)
         assert labels["multiple_galaxies"] == (truth["second_galaxy"] is not None)
         outside = truth["outside_fraction"]
-        assert labels["edge_cut"] == (outside is not None and outside >= scenes.EDGE_CUT_FRACTION)
-        assert truth["reasons"] == [r for r in scenes.REASONS if labels[r]]
+        cut = outside is not None and outside >= rejection.EDGE_CUT_FRACTION
+        assert labels["edge_cut"] == cut
+        assert truth["reasons"] == [r for r in rejection.REASONS if labels[r]]
     inclinations = [t["inclination_deg"] for t in rejection_set.truth]
     assert min(inclinations) < 20 and max(inclinations) > 70  # the full 0–90° range
 
 
 def test_rejection_is_deterministic(rejection_set: LabelledSet) -> None:
-    again = scenes.rejection_dataset(6, seed=7, spec=SPEC)
+    again = rejection.rejection_set(6, seed=7, spec=SPEC)
     np.testing.assert_array_equal(again.x, rejection_set.x[:6])
     np.testing.assert_array_equal(again.y, rejection_set.y[:6])
-    other = scenes.rejection_dataset(2, seed=8, spec=SPEC)
+    other = rejection.rejection_set(2, seed=8, spec=SPEC)
     assert not np.array_equal(other.x, again.x[:2])
 
 
-@pytest.mark.parametrize("reasons", [set(), *({r} for r in scenes.REASONS),
+@pytest.mark.parametrize("reasons", [set(), *({r} for r in rejection.REASONS),
                                      {"bright_star", "edge_cut", "face_on"}])
 def test_forced_reasons(reasons: set[str]) -> None:
-    scene = scenes.render_rejection(11, reasons=reasons)
+    scene = rejection.render_rejection(11, reasons=reasons)
     labels = scene.truth["labels"]
-    assert {r for r in scenes.REASONS if labels[r]} == reasons
+    assert {r for r in rejection.REASONS if labels[r]} == reasons
     assert labels["reject"] == bool(reasons)
     if "bright_star" in reasons:  # the star saturates: flat top at the white (or black) end
         assert scene.truth["star"]["peak_over_full_well"] > 1.0
@@ -80,14 +81,14 @@ def test_forced_reasons(reasons: set[str]) -> None:
 
 
 def test_render_pngs_go_through_preprocess() -> None:
-    for png in (scenes.render_rejection_png({"multiple_galaxies"}, 3),
-                scenes.render_morphology_png("disk", 3)):
+    for png in (rejection.render_rejection_png({"multiple_galaxies"}, 3),
+                morphology.render_morphology_png("disk", 3)):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert preprocess(png, SPEC).shape == (32, 32, 3)
     with pytest.raises(ValueError, match="Unknown rejection"):
-        scenes.render_rejection_png({"cosmic_ray"}, 0)
+        rejection.render_rejection_png({"cosmic_ray"}, 0)
     with pytest.raises(ValueError, match="Unknown morphology"):
-        scenes.render_morphology_png("lenticular", 0)
+        morphology.render_morphology_png("lenticular", 0)
 
 
 def _check_tree(counts: np.ndarray, volunteers: int) -> None:
@@ -119,7 +120,7 @@ def test_morphology_votes_follow_the_tree(morphology_set: LabelledSet) -> None:
 
 
 def test_morphology_is_deterministic(morphology_set: LabelledSet) -> None:
-    again = scenes.morphology_dataset(4, seed=7, spec=SPEC, volunteers=40)
+    again = morphology.morphology_set(4, seed=7, spec=SPEC, volunteers=40)
     np.testing.assert_array_equal(again.x, morphology_set.x[:4])
     np.testing.assert_array_equal(again.y, morphology_set.y[:4])
 
@@ -129,27 +130,27 @@ def test_edge_on_disks_get_edge_on_votes() -> None:
     no = MORPHOLOGY.output_names.index("disk-edge-on:no")
     totals = np.zeros(17, dtype=np.int64)
     for seed in range(4):
-        truth = scenes.render_morphology(seed, kind="edge_on").truth
+        truth = morphology.render_morphology(seed, kind="edge_on").truth
         assert truth["answers"]["disk-edge-on"] == "yes" and truth["inclination_deg"] >= 80
         sharp = {**truth, "quality": 1.0}  # a bright, big one: volunteers see it plainly
-        votes = scenes.simulate_votes(sharp, volunteers=40, seed=seed)
+        votes = morphology.simulate_votes(sharp, volunteers=40, seed=seed)
         _check_tree(votes, 40)
         assert votes[yes] >= 0.8 * (votes[yes] + votes[no]) > 0
-        totals += scenes.simulate_votes(truth, volunteers=40, seed=seed)
+        totals += morphology.simulate_votes(truth, volunteers=40, seed=seed)
     assert totals[yes] > totals[no]  # at any quality, mostly "yes"
 
 
 def test_faint_galaxies_blur_the_votes() -> None:
-    truth = scenes.render_morphology(5, kind="disk").truth
+    truth = morphology.render_morphology(5, kind="disk").truth
     featured = MORPHOLOGY.output_names.index("smooth-or-featured:featured-or-disk")
-    sharp = scenes.simulate_votes({**truth, "quality": 1.0}, volunteers=400, seed=1)
-    faint = scenes.simulate_votes({**truth, "quality": 0.0}, volunteers=400, seed=1)
+    sharp = morphology.simulate_votes({**truth, "quality": 1.0}, volunteers=400, seed=1)
+    faint = morphology.simulate_votes({**truth, "quality": 0.0}, volunteers=400, seed=1)
     assert sharp[featured] > faint[featured] + 100
 
 
 @pytest.mark.slow
 def test_workers_do_not_change_the_data() -> None:
-    one = scenes.rejection_dataset(6, seed=2, spec=SPEC, workers=1)
-    two = scenes.rejection_dataset(6, seed=2, spec=SPEC, workers=2)
+    one = rejection.rejection_set(6, seed=2, spec=SPEC, workers=1)
+    two = rejection.rejection_set(6, seed=2, spec=SPEC, workers=2)
     np.testing.assert_array_equal(one.x, two.x)
     np.testing.assert_array_equal(one.y, two.y)

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.worker.inference import predict, run_members
+from services.worker.inference import predict, runners
 from services.worker.sessions import SessionCache
 from shared.errors import ModelIntegrityError
+from shared.members import run_members
 from shared.registry import Manifest, RegistryReader
 from shared.taskdefs import TaskDefinition, get_task_definition
 from tests.worker.onnx_models import SIZE, expected_regression, linear_model, publish
@@ -71,8 +72,8 @@ def test_batch_size_does_not_change_the_answer(
 ) -> None:
     model = cache_for(registry_root).get("inclination")
 
-    one = run_members(model, images, max_batch_size=1)
-    many = run_members(model, images, max_batch_size=64)
+    one = run_members(model.manifest, runners(model), images, max_batch_size=1)
+    many = run_members(model.manifest, runners(model), images, max_batch_size=64)
 
     assert set(one) == {"m0", "m1"}
     for name in one:

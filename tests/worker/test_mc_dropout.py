@@ -9,9 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from services.worker.inference import run_members
+from services.worker.inference import runners
 from services.worker.sessions import SessionCache
 from shared.errors import ModelIntegrityError
+from shared.members import run_members
 from shared.registry import (
     InputSpec,
     Manifest,
@@ -74,18 +75,22 @@ def _model(root: Path):  # type: ignore[no-untyped-def]
     return cache.get("inclination")
 
 
+def _run(model, images: np.ndarray, max_batch_size: int = 64) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    return run_members(model.manifest, runners(model), images, max_batch_size=max_batch_size)
+
+
 def test_samples_vary_reproducibly_and_average_to_the_deterministic_output(registry_root: Path) -> None:
     _publish(registry_root, samples=256)
     model = _model(registry_root)
     images = np.random.default_rng(3).random((2, SIZE, SIZE, 3), dtype=np.float32)
-    raw = run_members(model, images, max_batch_size=64)["m0"]
+    raw = _run(model, images)["m0"]
     assert raw.shape == (2 * 256, 2, 1)  # transforms x samples, images, outputs
     assert raw[:, 0, 0].std() > 0.01  # the masks really change the answer
-    np.testing.assert_array_equal(raw, run_members(model, images, max_batch_size=64)["m0"])
+    np.testing.assert_array_equal(raw, _run(model, images)["m0"])
     exact = images.mean(axis=(1, 2)) @ W @ V
     np.testing.assert_allclose(raw.mean(axis=0), exact, atol=0.15 * np.abs(exact).max() + 0.05)
     # An image's answer does not depend on the batch it came in.
-    alone = run_members(model, images[1:], max_batch_size=64)["m0"]
+    alone = _run(model, images[1:])["m0"]
     np.testing.assert_allclose(alone[:, 0], raw[:, 1], rtol=1e-6)
     assert not np.array_equal(raw[:, 0], raw[:, 1])
 
@@ -106,7 +111,7 @@ def test_the_committed_morphology_default_samples_its_dropout_masks() -> None:
     assert mc is not None and mc.samples > 1
     images = np.random.default_rng(4).random((1, model.manifest.input.size,
                                               model.manifest.input.size, 3), dtype=np.float32)
-    for name, raw in run_members(model, images, max_batch_size=64).items():
+    for name, raw in _run(model, images).items():
         per_transform = raw.reshape(len(model.manifest.tta), mc.samples, -1)
         # Within one transform, every sample saw its own mask and answered differently.
         assert (per_transform.std(axis=1) > 1e-4).any(), name

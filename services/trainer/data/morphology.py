@@ -1,0 +1,336 @@
+"""Morphology scenes with simulated Galaxy Zoo volunteers.
+
+An elliptical (Sersic n 3–4, axis ratio), a disk (spiral arms or not, a bar or not,
+bulge fraction in five classes), an edge-on disk or an artifact (a lone star, a
+satellite streak, noise). Volunteer votes are then simulated from the truth: each
+volunteer perceives the galaxy more or less well depending on its S/N and size,
+answers the root question and only the questions their own answers lead to. The
+answer probabilities they vote with are kept with the set (``expected``): what a
+perfect model would answer, and the floor no model can beat. The source
+``morphology`` of a recipe builds the three splits (:func:`splits`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import galsim
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.trainer.data import render as syn
+from services.trainer.data import scenes
+from services.trainer.data.labelled import LabelledSet, Splits, render_examples, synthetic_splits
+from services.trainer.data.render import (
+    GalaxyParams,
+    encode_png,
+    galaxy_planes,
+    inclination_from_axis_ratio,
+    intrinsic_axis_ratio,
+    sample_params,
+)
+from shared.registry import InputSpec
+from shared.taskdefs import TaskDefinition, get_task_definition
+
+__all__ = ["MORPHOLOGY_KINDS", "SourceParams", "render_morphology", "render_morphology_png",
+           "answer_probabilities", "expected_fractions", "simulate_votes", "morphology_set",
+           "splits"]
+
+MORPHOLOGY_KINDS = {"elliptical": 0.35, "disk": 0.40, "edge_on": 0.18, "artifact": 0.07}
+# Truth classes of the morphology questions.
+ROUNDED_EDGES = (0.45, 0.8)  # apparent axis ratio: cigar < 0.45 ≤ in-between < 0.8 ≤ round
+EDGE_ON_DEG = 75.0  # disks are drawn at 0–70° or 80–90°, volunteers' threshold between
+BULGE_CLASSES = {  # bulge fraction ranges per answer, with gaps between them
+    "none": (0.0, 0.0), "small": (0.04, 0.11), "moderate": (0.16, 0.29),
+    "large": (0.34, 0.5), "dominant": (0.56, 0.72),
+}
+BULGE_EDGES = (0.02, 0.135, 0.315, 0.53)
+
+class SourceParams(BaseModel):
+    """The ``morphology`` source's parameters in a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    volunteers: int = Field(default=40, ge=1)  # simulated volunteers per galaxy
+
+
+def _classify(value: float, edges: tuple[float, ...], names: list[str]) -> str:
+    return names[int(np.searchsorted(edges, value, side="right"))]
+
+
+def _bar_planes(p: GalaxyParams, fraction: float, hlr: float, q: float, angle: float) -> np.ndarray:
+    """A bar through the centre: an elongated Gaussian in the disk plane, seen at the disk's
+    inclination (compressed along the minor axis) and position angle."""
+    cos_i = math.cos(math.radians(p.inclination_deg))
+    bar = galsim.Gaussian(half_light_radius=hlr, gsparams=syn._GSPARAMS)
+    bar = bar.shear(q=q, beta=angle * galsim.degrees).transform(1.0, 0.0, 0.0, cos_i)
+    bar = bar.withFlux(fraction).rotate(p.pa_deg * galsim.degrees)
+    colour = syn._BULGE_COLOUR * np.array(p.colour_jitter[3:6])
+    return syn._draw(galsim.Convolve(bar, syn._psf(p)), p)[..., None] * colour
+
+
+def _elliptical_planes(p: GalaxyParams, n: float, hlr: float, q: float) -> np.ndarray:
+    # Truncated at 4 half-light radii: untruncated n = 4 profiles need huge FFTs (~0.5 s).
+    obj = galsim.Sersic(n=n, half_light_radius=hlr, trunc=4.0 * hlr, gsparams=syn._GSPARAMS)
+    obj = obj.shear(q=q, beta=p.pa_deg * galsim.degrees)
+    colour = syn._BULGE_COLOUR * np.array(p.colour_jitter[3:6])
+    return syn._draw(galsim.Convolve(obj, syn._psf(p)), p)[..., None] * colour
+
+
+def _artifact(p: GalaxyParams, rng: np.random.Generator, sub: str) -> tuple[np.ndarray, float]:
+    """A lone bright star, a satellite streak or bare noise; returns planes and sigma."""
+    planes = np.zeros((p.height, p.width, 3))
+    cx, cy = scenes.centre(p)
+    if sub == "star":
+        star = syn._star(replace(p, star_x_px=cx, star_y_px=cy), 1.0)
+        planes += scenes.star_planes(p, cx, cy, 1.0, spikes=bool(rng.random() < 0.7),
+                               full_well=float(star.max()) * rng.uniform(0.1, 1.5))
+    elif sub == "streak":
+        angle = rng.uniform(0, math.pi)
+        ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float64)
+        dist = (xs - cx) * math.sin(angle) - (ys - cy) * math.cos(angle)
+        width = p.psf_fwhm_px / 2.355
+        planes += (np.exp(-0.5 * (dist / width) ** 2) / p.width)[..., None] * scenes.STAR_COLOUR
+    if sub == "noise":
+        sigma = 1e-3
+        ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float64)
+        slope = rng.uniform(0.0, 3.0) * sigma / max(p.width, p.height)
+        theta = rng.uniform(0.0, 2.0 * math.pi)
+        gradient = slope * ((xs - cx) * math.cos(theta) + (ys - cy) * math.sin(theta))
+        planes += gradient[..., None]
+        hot = rng.integers(0, [p.height, p.width], size=(int(rng.integers(0, 30)), 2))
+        planes[hot[:, 0], hot[:, 1]] += rng.uniform(3, 30, size=(len(hot), 1)) * sigma
+        return planes, sigma
+    return planes, scenes.noise_sigma(planes[..., 1], p.snr)
+
+
+def render_morphology(seed: int, *, kind: str | None = None) -> scenes.Scene:
+    """Render one morphology scene; its truth decides every question of the vote tree.
+
+    Parameters
+    ----------
+    seed
+        Decides everything; the same seed (and kind) gives the same scene.
+    kind
+        ``elliptical``, ``disk`` (not edge-on), ``edge_on`` or ``artifact``; None draws
+        one with the weights of :data:`MORPHOLOGY_KINDS`.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown.
+    """
+    rng = np.random.default_rng([seed, 21])
+    if kind is None:
+        kind = str(rng.choice(list(MORPHOLOGY_KINDS), p=list(MORPHOLOGY_KINDS.values())))
+    elif kind not in MORPHOLOGY_KINDS:
+        raise ValueError(f"Unknown morphology kind {kind!r}; use one of {list(MORPHOLOGY_KINDS)}.")
+    incl = {"disk": (0.0, 70.0), "edge_on": (80.0, 90.0)}.get(kind, (0.0, 90.0))
+    p = sample_params(seed, inclination_range=incl)
+    side = min(p.width, p.height)
+    r_s = side * scenes.loguniform(rng, 0.03, 0.12)
+    p = replace(p, star=False, snr=scenes.loguniform(rng, 15.0, 1000.0), scale_radius_px=r_s,
+                bulge_hlr_px=p.bulge_hlr_px / p.scale_radius_px * r_s)
+    truth: dict[str, Any] = {"kind": kind, "snr": p.snr, "psf_fwhm_px": p.psf_fwhm_px,
+                             "colour": p.colour, "invert": p.invert, "width": p.width,
+                             "height": p.height, "seed": int(seed), "artifact": None}
+    spiral, bar, bulge_fraction = False, False, 0.0
+    if kind == "elliptical":
+        n = float(rng.choice([3.0, 3.5, 4.0]))
+        hlr = side * scenes.loguniform(rng, 0.04, 0.14)
+        q = rng.uniform(0.3, 1.0)
+        planes = _elliptical_planes(p, n, hlr, q)
+        truth.update(sersic_n=n, hlr_px=hlr, axis_ratio=q, inclination_deg=None)
+        bulge_fraction, apparent_incl = 1.0, float(inclination_from_axis_ratio(q))
+    elif kind == "artifact":
+        sub = str(rng.choice(["star", "streak", "noise"]))
+        planes, sigma = _artifact(p, rng, sub)
+        truth.update(artifact=sub, hlr_px=p.psf_fwhm_px / 2.0, axis_ratio=1.0, inclination_deg=None)
+        apparent_incl, q = 0.0, 1.0
+    else:
+        bulge_class = str(rng.choice(list(BULGE_CLASSES)))
+        bulge_fraction = rng.uniform(*BULGE_CLASSES[bulge_class])
+        spiral = bool(rng.random() < 0.55)
+        knots = min(rng.uniform(0.05, 0.2), 0.85 - bulge_fraction) if spiral else 0.0
+        p = replace(p, bulge_fraction=bulge_fraction, knot_fraction=max(knots, 0.0),
+                    bulge_hlr_px=p.bulge_hlr_px * (1.0 + bulge_fraction),
+                    spiral_amplitude=rng.uniform(0.4, 0.9) if spiral else 0.0)
+        planes = galaxy_planes(p)
+        bar = kind == "disk" and bool(rng.random() < 0.35)
+        if bar:
+            bar_shape = (rng.uniform(0.15, 0.3), r_s * rng.uniform(0.8, 1.3),
+                         rng.uniform(0.15, 0.3), rng.uniform(0.0, 180.0))
+            planes = planes + _bar_planes(p, *bar_shape)
+            truth["bar_shape"] = dict(zip(("fraction", "hlr_px", "axis_ratio", "angle_deg"),
+                                          bar_shape))
+        q = float(intrinsic_axis_ratio(p.inclination_deg, p.h_over_r))
+        apparent_incl = p.inclination_deg
+        truth.update(inclination_deg=p.inclination_deg, axis_ratio=q, hlr_px=syn._EXP_HLR * r_s,
+                     scale_radius_px=r_s, spiral_amplitude=p.spiral_amplitude,
+                     knot_fraction=p.knot_fraction)
+    if kind != "artifact":
+        sigma = scenes.noise_sigma(planes[..., 1], p.snr)
+    field, _ = scenes.field_stars(p, rng, chance=0.3)
+    planes = planes + field
+
+    # How plainly the features show: arms fade as cos i, a big bulge outshines both.
+    cos_i = math.cos(math.radians(apparent_incl))
+    disk_share = float(np.clip((1.0 - bulge_fraction) / 0.6, 0.0, 1.0))
+    spiral_visibility = (
+        float(np.clip(p.spiral_amplitude * cos_i / 0.3, 0, 1)) * disk_share if spiral else 0.0
+    )
+    # Volunteers need S/N (integrated, so big faint galaxies are hard too) and size.
+    q_snr = np.clip(math.log(p.snr / 20.0) / math.log(15.0), 0.0, 1.0)
+    q_size = 1.0 if kind == "artifact" else np.clip((truth["hlr_px"] / side - 0.04) / 0.11, 0, 1)
+    truth.update(
+        pa_deg=p.pa_deg % 180.0, bulge_fraction=bulge_fraction, spiral=spiral, bar=bar,
+        apparent_inclination_deg=apparent_incl, spiral_visibility=spiral_visibility,
+        bar_visibility=float(np.clip(cos_i / 0.5, 0, 1)) * disk_share if bar else 0.0,
+        quality=float(q_snr * q_size),
+    )
+    truth["answers"] = {
+        "smooth-or-featured": {"elliptical": "smooth", "artifact": "artifact"}.get(
+            kind, "featured-or-disk"
+        ),
+        "how-rounded": _classify(q, ROUNDED_EDGES, ["cigar-shaped", "in-between", "round"]),
+        "disk-edge-on": "yes" if apparent_incl >= EDGE_ON_DEG else "no",
+        "has-spiral-arms": "yes" if spiral else "no",
+        "bar": "yes" if bar else "no",
+        "bulge-size": _classify(bulge_fraction, BULGE_EDGES, list(BULGE_CLASSES)),
+    }
+    return scenes.Scene(image=scenes.observe(planes, p, sigma), truth=truth)
+
+
+def _phi(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(np.asarray(z) / math.sqrt(2.0)))
+
+
+def _perceived(value: float, sigma: float, edges: tuple[float, ...]) -> np.ndarray:
+    """Chance of each class when a volunteer sees ``value`` with Gaussian error ``sigma``."""
+    cdf = _phi((np.asarray(edges) - value) / sigma)
+    return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+
+
+def answer_probabilities(truth: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Chance of each answer of each question for one volunteer who is asked it.
+
+    Volunteers see less in faint, small galaxies (``truth["quality"]`` 0–1): featured
+    galaxies then look smooth, arms and bars go unseen, shapes and bulges blur into
+    neighbouring classes.
+    """
+    qual, kind = truth["quality"], truth["answers"]["smooth-or-featured"]
+    lost = 1.0 - qual
+    if kind == "smooth":
+        artifact, featured = 0.02 + 0.06 * lost, 0.06 + 0.04 * lost
+        root = [1.0 - artifact - featured, featured, artifact]
+    elif kind == "featured-or-disk":
+        featured, artifact = 0.3 + 0.65 * qual, 0.02 + 0.06 * lost
+        root = [1.0 - featured - artifact, featured, artifact]
+    else:
+        artifact = 0.8 + 0.15 * qual
+        root = [0.7 * (1 - artifact), 0.3 * (1 - artifact), artifact]
+    rounded = _perceived(truth["axis_ratio"], 0.06 + 0.12 * lost, ROUNDED_EDGES)[::-1]
+    seen_sigma = 3.0 + 9.0 * lost  # degrees of error in a volunteer's idea of the inclination
+    edge_on_yes = float(_phi((truth["apparent_inclination_deg"] - EDGE_ON_DEG) / seen_sigma))
+    spiral_yes = 0.05 + 0.9 * qual * truth["spiral_visibility"]
+    bar_yes = 0.04 + 0.85 * qual * truth["bar_visibility"]
+    bulge = _perceived(truth["bulge_fraction"], 0.05 + 0.1 * lost, BULGE_EDGES)
+    return {
+        "smooth-or-featured": np.array(root),
+        "how-rounded": rounded,  # round, in-between, cigar-shaped
+        "disk-edge-on": np.array([edge_on_yes, 1.0 - edge_on_yes]),
+        "has-spiral-arms": np.array([spiral_yes, 1.0 - spiral_yes]),
+        "bar": np.array([bar_yes, 1.0 - bar_yes]),
+        "bulge-size": bulge,
+    }
+
+
+def simulate_votes(truth: dict[str, Any], *, volunteers: int, seed: int) -> np.ndarray:
+    """Vote counts ``(A,)`` int32 in ``output_names`` order of the morphology task.
+
+    Every volunteer answers the root question; a question is asked only of the
+    volunteers whose own earlier answer leads to it, so its votes sum to that
+    answer's count (unreached questions get 0).
+    """
+    tree = get_task_definition("morphology").vote_tree
+    assert tree is not None  # the morphology task is a vote tree by definition
+    probs = answer_probabilities(truth)
+    rng = np.random.default_rng([seed, 31])
+    counts: dict[str, int] = {}
+    for question in tree.questions:
+        if question.name not in probs:
+            raise ValueError(f"No volunteer model for question {question.name!r}.")
+        asked = volunteers if question.depends_on is None else counts[question.depends_on]
+        p = np.clip(probs[question.name], 0.0, None)
+        votes = rng.multinomial(asked, p / p.sum())
+        counts.update({f"{question.name}:{a}": int(v) for a, v in zip(question.answers, votes)})
+    return np.array([counts[c] for c in tree.answer_columns], dtype=np.int32)
+
+
+def render_morphology_png(kind: str, seed: int) -> bytes:
+    """PNG bytes of a morphology scene of ``kind`` (see :func:`render_morphology`)."""
+    return encode_png(render_morphology(seed, kind=kind).image)
+
+
+def expected_fractions(truth: dict[str, Any]) -> np.ndarray:
+    """``(A,)`` the answer probabilities a volunteer asked each question votes with."""
+    tree = get_task_definition("morphology").vote_tree
+    assert tree is not None  # the morphology task is a vote tree by definition
+    probs = answer_probabilities(truth)
+    parts = [np.clip(probs[q.name], 0.0, None) for q in tree.questions]
+    return np.concatenate([p / p.sum() for p in parts])
+
+
+def _morphology_example(seed: int, _: Any,
+                        options: dict[str, Any]) -> tuple[bytes, np.ndarray, dict[str, Any]]:
+    scene = render_morphology(seed)
+    votes = simulate_votes(scene.truth, volunteers=options["volunteers"], seed=seed)
+    return encode_png(scene.image), votes, scene.truth
+
+
+def morphology_set(n: int, *, seed: int, spec: InputSpec, volunteers: int = 40,
+                   workers: int = 1) -> LabelledSet:
+    """``n`` morphology scenes with simulated volunteer vote counts.
+
+    Parameters
+    ----------
+    n, seed, spec, workers
+        As for :func:`.rejection.rejection_set`.
+    volunteers
+        Volunteers per galaxy; each answers the root question.
+
+    Returns
+    -------
+    LabelledSet
+        ``y`` int32 ``(n, 17)`` vote counts in the morphology task's ``output_names``
+        order; ``expected`` the answer probabilities behind them.
+    """
+    if volunteers < 1:
+        raise ValueError(f"At least one volunteer is needed, not {volunteers}.")
+    names = get_task_definition("morphology").output_names
+    x, y, truths, seconds = render_examples(_morphology_example, n, seed=seed, spec=spec,
+                                            workers=workers, options={"volunteers": volunteers})
+    description = scenes.scene_description("morphology", n, seed, spec, workers, truths, seconds)
+    kinds = [t["kind"] for t in truths]
+    description.update(
+        volunteers=volunteers, kind_weights=MORPHOLOGY_KINDS,
+        kinds={k: kinds.count(k) for k in MORPHOLOGY_KINDS},
+        votes_per_answer={name: int(v) for name, v in zip(names, y.sum(axis=0))},
+        volunteer_model="services.trainer.data.morphology.answer_probabilities",
+    )
+    ids = [f"morphology-{seed}-{i:06d}" for i in range(n)]
+    return LabelledSet(x=x, y=y.astype(np.int32), ids=ids, truth=truths,
+                       description=description, task="morphology", label_names=list(names),
+                       expected=np.array([expected_fractions(t) for t in truths]))
+
+
+def splits(params: dict[str, Any], *, task: TaskDefinition, sizes: dict[str, int | None],
+           spec: InputSpec, seed: int, workers: int, train: bool = True) -> Splits:
+    """Train, validation and test scenes of a recipe."""
+    options = SourceParams.model_validate(params)
+    return synthetic_splits(
+        lambda split, n, s: morphology_set(n, seed=s, spec=spec, volunteers=options.volunteers,
+                                           workers=workers),
+        sizes=sizes, seed=seed, train=train)

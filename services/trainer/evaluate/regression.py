@@ -1,0 +1,142 @@
+"""Regression: served values vs truth, IncliNET's bias correction, the axis-ratio baseline.
+
+The bias correction ``i_m − i_p = m·i_m + b`` is fitted on the validation set's
+served (uncorrected) answers, never on the test set, stored in the manifest and
+applied when serving. Metrics are those of the served, corrected answers on the
+test set, with and without the correction, per member and per bin of the range.
+Where the test set carries measured axis ratios (``truth["measured_axis_ratio"]``,
+the synthetic galaxies' test split), the classical estimate
+``cos² i = (q² − q0²)/(1 − q0²)`` is the baseline to beat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from services.trainer.data.labelled import LabelledSet
+from services.trainer.data.render import inclination_from_axis_ratio
+from services.trainer.evaluate import plots
+from services.trainer.evaluate.served import Context
+from shared.ensemble import summarize
+from shared.registry import Calibration, Manifest
+
+__all__ = ["BASELINE_Q0", "BINS", "fit_bias", "regression_metrics", "by_bin", "evaluate"]
+
+BASELINE_Q0 = 0.2
+BINS = 9  # equal bins over the task range: 5 degrees for inclination's 45-90
+
+
+def fit_bias(truth: np.ndarray, predicted: np.ndarray, *, max_abs_m: float = 0.5) -> Calibration:
+    """Fit IncliNET's ``i_m − i_p = m·i_m + b`` (least squares, ``i_m`` the truth).
+
+    Served as ``(i_p + b) / (1 − m)``, which undoes the pull of predictions towards
+    the middle of the range. A slope beyond ``max_abs_m`` means the model barely
+    follows the truth (an untrained or broken model); dividing by ``1 − m`` would
+    then blow its noise up, so only the mean offset is corrected (``m = 0``).
+    """
+    truth = np.asarray(truth, np.float64)
+    residual = truth - np.asarray(predicted, np.float64)
+    m, b = np.polyfit(truth, residual, 1)
+    if not abs(m) <= max_abs_m:
+        m, b = 0.0, float(np.mean(residual))
+    return Calibration(bias_m=float(m), bias_b=float(b))
+
+
+def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """RMS, MAE, mean and max error, and the share within 5 units."""
+    err = np.asarray(predicted, np.float64) - np.asarray(truth, np.float64)
+    return {
+        "rms_deg": float(np.sqrt(np.mean(err**2))),
+        "mae_deg": float(np.mean(np.abs(err))),
+        "mean_error_deg": float(np.mean(err)),
+        "max_abs_error_deg": float(np.max(np.abs(err))),
+        "within_5deg": float(np.mean(np.abs(err) <= 5.0)),
+    }
+
+
+def by_bin(truth: np.ndarray, predicted: np.ndarray, lo: float, hi: float,
+           bins: int = BINS) -> dict[str, float]:
+    """RMS per equal bin of ``[lo, hi]`` (the last bin closed), keyed ``"lo-hi"``."""
+    out = {}
+    width = (hi - lo) / bins
+    for start in lo + width * np.arange(bins):
+        stop = start + width
+        sel = (truth >= start) & ((truth < stop) if stop < hi - 1e-9 else (truth <= hi))
+        if sel.any():
+            out[f"{start:g}-{stop:g}"] = float(np.sqrt(np.mean((predicted[sel] - truth[sel]) ** 2)))
+    return out
+
+
+def _baseline(test: LabelledSet, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray] | None:
+    measured = np.array([t.get("measured_axis_ratio", np.nan) for t in test.truth], np.float32)
+    ok = np.isfinite(measured)
+    if not ok.any():
+        return None
+    truth = np.asarray(test.y, np.float64)[ok]
+    return truth, np.clip(inclination_from_axis_ratio(measured[ok], BASELINE_Q0), lo, hi)
+
+
+def evaluate(ctx: Context, test: LabelledSet,
+             val: LabelledSet | None) -> tuple[Manifest, dict[str, Any]]:
+    """Fit the bias correction on ``val`` (when ``ctx.calibrate``), then measure ``test``.
+
+    Returns the manifest carrying the calibration and the metrics; plots
+    ``pred_vs_true.png``, ``residuals.png`` and ``failures.png`` go to ``ctx.folder``.
+    """
+    task = ctx.task
+    assert task.range is not None
+    lo, hi = task.range
+    manifest = ctx.manifest
+    uncalibrated = manifest.model_copy(update={"calibration": None})
+    val_served = ctx.serve(val.x, uncalibrated) if val is not None else None
+    if ctx.calibrate and val_served is not None:
+        calibration = fit_bias(np.asarray(val.y, np.float64), val_served.values[:, 0])  # type: ignore[union-attr]
+        manifest = manifest.model_copy(update={"calibration": calibration})
+    truth = np.asarray(test.y, np.float64)
+    served = ctx.serve(test.x, manifest)
+    pred = served.values[:, 0]
+    members = np.array([[m.value for m in r.members] for r in served.results]).T  # (M, N)
+    raw_pred = np.array([r.value for r in summarize(task, uncalibrated, served.raw)], np.float64)
+    metrics: dict[str, Any] = {
+        "n_val": len(val) if val is not None else 0,
+        "n_test": len(test),
+        **regression_metrics(truth, pred),
+        "rms_deg_uncalibrated": regression_metrics(truth, raw_pred)["rms_deg"],
+        "mae_deg_uncalibrated": regression_metrics(truth, raw_pred)["mae_deg"],
+    }
+    if manifest.calibration is not None:
+        metrics.update(bias_m=manifest.calibration.bias_m, bias_b=manifest.calibration.bias_b)
+    if val_served is not None:
+        val_pred = np.array([r.value for r in summarize(task, manifest, val_served.raw)])
+        metrics["val_rms_deg"] = regression_metrics(np.asarray(val.y), val_pred)["rms_deg"]  # type: ignore[union-attr]
+    metrics["members"] = {
+        m.name: {k: v for k, v in regression_metrics(truth, members[j]).items()
+                 if k in ("rms_deg", "mae_deg")}
+        for j, m in enumerate(manifest.members)
+    }
+    metrics["rms_deg_by_bin"] = by_bin(truth, pred, lo, hi)
+    baseline = _baseline(test, lo, hi)
+    if baseline is not None:
+        base = regression_metrics(*baseline)
+        metrics.update(
+            baseline_axis_ratio_rms_deg=base["rms_deg"],
+            baseline_axis_ratio_mae_deg=base["mae_deg"],
+            baseline_axis_ratio_q0=BASELINE_Q0,
+            baseline_axis_ratio_n=int(len(baseline[0])),
+            baseline_axis_ratio_note=(
+                "cos^2 i = (q^2 - q0^2)/(1 - q0^2) with q from adaptive second moments "
+                "(galsim.hsm) of each noisy r-band test image, clipped to the task range; "
+                "images where the moments did not converge are left out."),
+        )
+    calibration = manifest.calibration
+    ctx.plot(plots.regression_plots(
+        ctx.folder, truth, pred, raw_pred, span=(lo, hi), name=task.name, unit=task.unit,
+        bias=(calibration.bias_m, calibration.bias_b) if calibration else None,
+        baseline=baseline, title=f"Held-out {test.description.get('split', 'test')} set"))
+    worst = np.argsort(-np.abs(pred - truth))[: ctx.failures]
+    ctx.plot(plots.failures_plot(ctx.folder, test.x[worst], [
+        plots.caption(test.ids, k, f"true {truth[k]:.1f} pred {pred[k]:.1f}") for k in worst],
+        title="Largest errors (served)"))
+    return manifest, metrics
