@@ -165,8 +165,11 @@ def _store_and_enqueue(
     try:
         queue.enqueue_predict(job.id)
     except ServiceUnavailable as exc:
-        # Never leave a job queued that no worker will ever see.
+        # Never leave a job queued that no worker will ever see, nor its key taken: the
+        # client's retry with the same Idempotency-Key must make a new job.
         store.fail(job.id, exc)
+        if idempotency_key is not None:
+            store.forget_idempotency_key(idempotency_key, job.id)
         raise
     JOBS_SUBMITTED.labels(kind=job.input.kind).inc()
     return stored, True
