@@ -29,9 +29,12 @@ install-run: $(VENV)/.run-installed ## Install what `make run` needs (no TensorF
 
 install-test: $(VENV)/.test-installed ## Install everything, trainer and test tools included
 
+# apt waits up to 5 minutes for a lock held by another apt (unattended upgrades) instead
+# of failing at once; .ci/run retries the whole target on CI and fails the run after that.
+APT_LOCK := -o DPkg::Lock::Timeout=300
 system-deps: ## Debian packages for the full suite: stellarium-data (photos), docker-compose (needs root)
 	@if dpkg -s stellarium-data docker-compose >/dev/null 2>&1; then echo "system packages present"; \
-	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stellarium-data docker-compose; fi
+	else apt-get $(APT_LOCK) update -qq && DEBIAN_FRONTEND=noninteractive apt-get $(APT_LOCK) install -y -qq --no-install-recommends stellarium-data docker-compose; fi
 
 run: install-run ## Run Redis (embedded unless REDIS_URL), a worker and the API on :8000
 	$(VENV)/bin/skyserve-local

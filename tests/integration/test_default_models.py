@@ -14,11 +14,12 @@ import pytest
 
 from shared.registry import RegistryReader
 from shared.taskdefs import get_task_definition
+from tests.helpers.requirements import require_module
 from tests.integration.conftest import DEFAULT_MODELS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-scenes = pytest.importorskip("services.trainer.scenes", reason="needs the trainer extra (GalSim)")
-synthetic = pytest.importorskip("services.trainer.synthetic", reason="needs the trainer extra")
+scenes = require_module("services.trainer.scenes", extra="trainer")
+synthetic = require_module("services.trainer.synthetic", extra="trainer")
 
 SEED_TASKS = ("inclination", "rejection", "morphology", "object-type")
 

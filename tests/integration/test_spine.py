@@ -6,10 +6,11 @@ import pytest
 
 from shared.registry import RegistryReader
 from tests.helpers.images import truncated_png
+from tests.helpers.requirements import require_module
 from tests.integration.conftest import DEFAULT_MODELS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-synthetic = pytest.importorskip("services.trainer.synthetic", reason="needs the trainer extra (GalSim)")
+synthetic = require_module("services.trainer.synthetic", extra="trainer")
 
 
 def _answer(stack: Stack, data: bytes, **form: str) -> dict:

@@ -25,6 +25,7 @@ from services.trainer.recipes import recipe_for, run_recipe  # noqa: E402
 from services.trainer.release import check_member_parity  # noqa: E402
 from shared.registry import RegistryReader  # noqa: E402
 from shared.taskdefs import get_task_definition  # noqa: E402
+from tests.helpers.requirements import require_path  # noqa: E402
 
 SMALL = {"n_train": 48, "n_val": 16, "n_test": 16}
 
@@ -90,8 +91,9 @@ def test_rejection_multilabel_trains_exports_and_is_served(tmp_path: Path) -> No
 @pytest.fixture
 def few_photos(tmp_path: Path) -> Path:
     csv_file, folder = photos.catalog_paths()
-    if not (csv_file.is_file() and folder.is_dir()):
-        pytest.skip("needs the stellarium-data photos and the labelled catalogue")
+    require_path(folder, package="stellarium-data")
+    if not csv_file.is_file():
+        pytest.skip(f"needs the labelled catalogue {csv_file}")
     with csv_file.open(newline="") as fh:
         reader = csv.DictReader(fh)
         fields = list(reader.fieldnames or [])
