@@ -33,7 +33,12 @@ def run_ci(tmp_path: Path, *, ci: str, deps_status: int) -> tuple[int, list[str]
         "SYSTEM_DEPS_RETRY_SECONDS": "0",
     }
     proc = subprocess.run(
-        ["bash", str(REPO / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60
+        ["bash", str(REPO / ".ci" / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     calls = log.read_text().splitlines() if log.exists() else []
     return proc.returncode, [c.split()[0] for c in calls]
