@@ -84,7 +84,7 @@ class RunningWork:
             unit, self.owner, queue=queue, identity=self.identity, pid=self.pid
         )
         if not acquired and holder is not None and holder.is_dead_neighbour(self.identity):
-            logger.info("%s: its holder (pid %s) died; taking it over.", unit, holder.pid)
+            logger.warning("%s: its holder (pid %s) died; taking it over.", unit, holder.pid)
             acquired, holder = self.book.acquire(
                 unit,
                 self.owner,
