@@ -153,10 +153,14 @@ def test_a_whole_worker_killed_mid_batch_is_recovered_by_its_leases(
         cluster.start("w2")
         w1 = cluster.workers["w1"]
         batch_id = submit_batch(api)
-        chunk, _ = chunk_held_by(cluster, batch_id, lambda: process_tree(w1.pid))
-
         pids = set(process_tree(w1.pid))
-        stranded = [u for u, pid in cluster.holders().items() if pid in pids]
+
+
+        def both_busy() -> list[str]:
+            held = [u for u, pid in cluster.holders().items() if pid in pids]
+            return held if len(held) == 2 else []
+
+        stranded = wait_until(both_busy, timeout_s=60, what="a chunk on each of its 2 processes")
         kill_tree(w1)  # main process and children at once: a lost machine
         chunks = [int(u.rsplit(":", 1)[1]) for u in stranded if u.startswith("chunk:")]
         restarted, recorded = watch_recovery(cluster, batch_id, chunks, pids)
