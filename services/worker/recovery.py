@@ -28,7 +28,10 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
+
+from celery.exceptions import Retry
 
 from shared.batchstore import BatchStore
 from shared.errors import JobNotFound
@@ -51,18 +54,14 @@ class RunningWork:
         The lease book.
     pid
         This process's id (the owner name and the liveness test use it).
-    retry_grace_seconds
-        How long a handed-back unit waits for its retry before the sweeper re-enqueues
-        it (the longest retry countdown plus a lease).
     """
 
-    def __init__(self, book: LeaseBook, *, pid: int, retry_grace_seconds: float) -> None:
+    def __init__(self, book: LeaseBook, *, pid: int) -> None:
         self.book = book
         self.pid = pid
         self.identity = process_identity()
         # A fresh nonce per process: a later process reusing this pid is another owner.
         self.owner = f"{self.identity}|{pid}|{uuid.uuid4().hex[:8]}"
-        self.retry_grace_seconds = retry_grace_seconds
         self._units: set[str] = set()
         self._lock = threading.Lock()
 
@@ -77,8 +76,10 @@ class RunningWork:
         process holds it (this delivery is a duplicate: skip it).
 
         The lease is released when the block ends normally (the unit ended) and
-        handed back when it raises (a retry is on its way, or the task dies with a
-        failure its ``on_failure`` records; either way the sweeper sees to it).
+        handed back when it raises: free for any process to take, and re-enqueued by the
+        sweeper if nobody has within a lease (after a Celery ``Retry``: within its
+        countdown plus a lease, the time the retry needs to come back). A task that dies
+        with a failure its ``on_failure`` records is then simply forgotten by the sweeper.
         """
         acquired, holder = self.book.acquire(
             unit, self.owner, queue=queue, identity=self.identity, pid=self.pid
@@ -105,12 +106,14 @@ class RunningWork:
             self._units.add(unit)
         try:
             yield True
-        except BaseException:
+        except BaseException as exc:
+            # Terminated (a lost broker connection), a retry, a hard error: not ended.
+            within = self.book.lease_seconds
+            if isinstance(exc, Retry):
+                within += _countdown(exc)
             self._drop(unit)
             self._safely(
-                lambda: self.book.hand_back(
-                    unit, self.owner, within_seconds=self.retry_grace_seconds
-                ),
+                lambda: self.book.hand_back(unit, self.owner, within_seconds=within),
                 f"hand back {unit}",
             )
             raise
@@ -140,6 +143,16 @@ class RunningWork:
             step()
         except Exception:  # Redis may be down: the lease then runs out and is swept
             logger.warning("Could not %s.", what, exc_info=True)
+
+
+def _countdown(retry: Retry) -> float:
+    """Seconds until a Celery retry runs (its ``when`` is a countdown or an ETA)."""
+    when = retry.when
+    if isinstance(when, int | float):
+        return float(when)
+    if isinstance(when, datetime):
+        return max((when - datetime.now(when.tzinfo or UTC)).total_seconds(), 0.0)
+    return 60.0  # the longest back-off the tasks use
 
 
 class Sweeper:

@@ -67,10 +67,7 @@ class WorkerRuntime:
         self.leases = LeaseBook(
             client, prefix=settings.key_prefix, lease_seconds=settings.lease_seconds
         )
-        # A handed-back unit waits for its retry (countdown at most 60 s) and a lease.
-        self.work = RunningWork(
-            self.leases, pid=self.pid, retry_grace_seconds=60.0 + settings.lease_seconds
-        )
+        self.work = RunningWork(self.leases, pid=self.pid)
         # Ready once the models are loaded: /readyz counts no worker before that.
         self.ready = not settings.warm_up
         self.hostname: str | None = None

@@ -110,7 +110,7 @@ def test_a_lease_is_released_when_the_work_ends_and_handed_back_when_it_raises(
     client: redis.Redis, key_prefix: str
 ) -> None:
     book = LeaseBook(client, prefix=key_prefix, lease_seconds=30)
-    work = RunningWork(book, pid=os.getpid(), retry_grace_seconds=90)
+    work = RunningWork(book, pid=os.getpid())
 
     with work.lease("job:a", queue="q") as held:
         assert held and work.units() == ["job:a"]
@@ -118,15 +118,20 @@ def test_a_lease_is_released_when_the_work_ends_and_handed_back_when_it_raises(
     assert work.units() == [] and book.units() == {}
 
     with pytest.raises(Retry), work.lease("job:b", queue="q") as held:
-        raise Retry("Redis blinked")
+        raise Retry("Redis blinked", when=20)
     assert work.units() == [] and book.holder("job:b").owner == ""  # free for the retry
-    assert 80 < book.units()["job:b"] - time.time() <= 91  # …and swept if it never comes
+    assert 45 < book.units()["job:b"] - time.time() <= 51  # …and swept if it never comes
+
+    with pytest.raises(SystemExit), work.lease("job:c", queue="q") as held:
+        raise SystemExit(1)  # terminated: free at once, swept after one lease
+    assert book.holder("job:c").owner == ""
+    assert 25 < book.units()["job:c"] - time.time() <= 31
 
 
 def test_a_second_delivery_of_running_work_is_skipped(client: redis.Redis, key_prefix: str) -> None:
     book = LeaseBook(client, prefix=key_prefix, lease_seconds=30)
-    first = RunningWork(book, pid=os.getpid(), retry_grace_seconds=90)
-    second = RunningWork(book, pid=os.getpid(), retry_grace_seconds=90)  # a live sibling
+    first = RunningWork(book, pid=os.getpid())
+    second = RunningWork(book, pid=os.getpid())  # a live sibling
 
     with first.lease("chunk:x:0", queue="q"):
         with second.lease("chunk:x:0", queue="q") as held:
@@ -136,7 +141,7 @@ def test_a_second_delivery_of_running_work_is_skipped(client: redis.Redis, key_p
 
 def test_the_keeper_renews_leases_while_work_runs(client: redis.Redis, key_prefix: str) -> None:
     book = LeaseBook(client, prefix=key_prefix, lease_seconds=0.6)
-    work = RunningWork(book, pid=os.getpid(), retry_grace_seconds=1)
+    work = RunningWork(book, pid=os.getpid())
     keeper = LeaseKeeper(work, None, renew_seconds=0.1)
     keeper.start()
     try:
