@@ -450,6 +450,8 @@ def test_redis_keeps_an_append_only_file_and_never_evicts() -> None:
     assert conf.get("appendonly") == "yes"
     assert conf.get("appendfsync") in ("everysec", "always")
     assert conf.get("maxmemory-policy") == "noeviction", "evicting would drop broker messages"
+    cap = interpolate(conf.get("maxmemory", "0"))
+    assert cap not in ("", "0"), "without a maxmemory cap Redis grows until the host kills it"
     data_dir = conf.get("dir", "/data")
     assert any(m.kind == "volume" and m.target == data_dir for m in mounts(svc)), (
         f"redis data dir {data_dir} is not on a named volume"
