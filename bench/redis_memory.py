@@ -89,7 +89,8 @@ def main() -> None:
                 data={"tasks": TASK},
             ).json()
             catalog = "id,pgc,survey,weight\n" + "".join(
-                f"obj{k:06d},{1000 + k},field-{k % 7},{(k % 13) / 13:.4f}\n" for k in range(args.rows)
+                f"obj{k:06d},{1000 + k},field-{k % 7},{(k % 13) / 13:.4f}\n"
+                for k in range(args.rows)
             )
             csv_batch = api.post(
                 f"/v1/batches?tasks={TASK}", content=catalog, headers={"Content-Type": "text/csv"}
@@ -125,11 +126,17 @@ def main() -> None:
             wait(api, f"/v1/batches/{zipped['id']}")
             chunk0 = f"{prefix}:batch:{csv_batch['id']}:chunk:0"
             cancelled_ttl = int(client.ttl(chunk0))
-            zip_input = [usage(client, f"{prefix}:batch:{zip_id}:{p}") for p in ("files", "chunk:*")]
+            zip_input = [
+                usage(client, f"{prefix}:batch:{zip_id}:{p}") for p in ("files", "chunk:*")
+            ]
             done = {
                 "job payloads": (*usage(client, f"{prefix}:blob:*"), args.jobs),
                 "job records": (*usage(client, f"{prefix}:job:*"), args.jobs),
-                "zip input": (sum(k for k, _ in zip_input), sum(b for _, b in zip_input), args.images),
+                "zip input": (
+                    sum(k for k, _ in zip_input),
+                    sum(b for _, b in zip_input),
+                    args.images,
+                ),
                 "zip results": (*usage(client, f"{prefix}:batch:{zip_id}:result:*"), args.images),
             }
     finally:
@@ -138,8 +145,10 @@ def main() -> None:
         client.close()
         stop(redis_proc)
 
-    print(f"Redis memory, by MEMORY USAGE ({args.jobs} jobs, a zip of {args.images} "
-          f"256x256 PNGs, a CSV of {args.rows:,} rows; task {TASK}):")
+    print(
+        f"Redis memory, by MEMORY USAGE ({args.jobs} jobs, a zip of {args.images} "
+        f"256x256 PNGs, a CSV of {args.rows:,} rows; task {TASK}):"
+    )
     print(f"  zip upload {len(archive.getvalue()):,} bytes")
     for title, table in (("queued (no worker yet)", queued), ("after the worker answered", done)):
         print(f"  {title}:")

@@ -22,11 +22,6 @@ from shared.schemas import TERMINAL_STATUSES, Job, JobResult, JobStatus, Problem
 
 __all__ = ["JobStore", "claim_key", "new_job_id", "release_key"]
 
-# Delete KEYS[1] only if it still holds ARGV[1] (never someone else's claim).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 # Point KEYS[1] at ARGV[2] only if it still holds ARGV[1] (take over a dead claim).
 _REPLACE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -68,8 +63,18 @@ def claim_key(
 
 
 def release_key(client: redis.Redis, key: str, value: str) -> None:
-    """Delete an idempotency ``key`` only if it still names ``value``."""
-    client.eval(_RELEASE, 1, key, value)
+    """Delete an idempotency ``key`` only if it still names ``value``.
+
+    A WATCH/MULTI transaction rather than a script: a full Redis (noeviction) still
+    accepts a DEL, but Redis 7 refuses any script that may write.
+    """
+
+    def delete_if_ours(pipe: redis.client.Pipeline) -> None:
+        if pipe.get(key) == value.encode():
+            pipe.multi()
+            pipe.delete(key)
+
+    client.transaction(delete_if_ours, key)
 
 
 class JobStore:

@@ -272,7 +272,9 @@ class LeaseBook:
         flat = self._expired(keys=self.keys, args=[limit])
         pairs = []
         for unit, raw in zip(flat[::2], flat[1::2], strict=True):
-            pairs.append((unit.decode() if isinstance(unit, bytes) else str(unit), Holder.parse(raw)))
+            pairs.append(
+                (unit.decode() if isinstance(unit, bytes) else str(unit), Holder.parse(raw))
+            )
         return pairs
 
     def forget(self, unit: str, grant: str) -> bool:

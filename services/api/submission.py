@@ -167,9 +167,9 @@ def _store_and_enqueue(
     except ServiceUnavailable as exc:
         # Never leave a job queued that no worker will ever see, nor its key taken: the
         # client's retry with the same Idempotency-Key must make a new job.
-        store.fail(job.id, exc)
         if idempotency_key is not None:
             store.forget_idempotency_key(idempotency_key, job.id)
+        store.fail(job.id, exc)
         raise
     JOBS_SUBMITTED.labels(kind=job.input.kind).inc()
     return stored, True

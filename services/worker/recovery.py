@@ -252,16 +252,12 @@ class LeaseKeeper:
         Time between renewals.
     """
 
-    def __init__(
-        self, work: RunningWork, sweeper: Sweeper | None, *, renew_seconds: float
-    ) -> None:
+    def __init__(self, work: RunningWork, sweeper: Sweeper | None, *, renew_seconds: float) -> None:
         self.work = work
         self.sweeper = sweeper
         self.renew_seconds = renew_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"leases-{work.pid}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"leases-{work.pid}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -12,11 +12,17 @@ from shared.jobstore import JobStore
 
 
 def beat(settings: ApiSettings, name: str, **record: object) -> None:
-    store = JobStore(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix, ttl_seconds=60)
-    store.heartbeat(name, {"hostname": name, "pid": 1, "time": time.time(), **record}, ttl_seconds=30)
+    store = JobStore(
+        redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix, ttl_seconds=60
+    )
+    store.heartbeat(
+        name, {"hostname": name, "pid": 1, "time": time.time(), **record}, ttl_seconds=30
+    )
 
 
-def test_a_worker_still_loading_its_models_is_not_ready(client: TestClient, settings: ApiSettings) -> None:
+def test_a_worker_still_loading_its_models_is_not_ready(
+    client: TestClient, settings: ApiSettings
+) -> None:
     beat(settings, "w1/1", ready=False, served={}, refused={})
     resp = client.get("/readyz")
     assert resp.status_code == 503 and resp.headers["retry-after"] == "5"

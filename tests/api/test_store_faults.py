@@ -19,6 +19,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
+from services.api.queue import JobQueue
 from services.api.settings import ApiSettings
 from tests.helpers.images import png_bytes
 from tests.helpers.live_server import serve
@@ -67,9 +68,7 @@ def test_redis_down_answers_503_with_retry_after(settings: ApiSettings) -> None:
         assert client.get("/healthz").json() == {"status": "ok", "redis": "unreachable"}
 
 
-def test_redis_full_answers_503_and_the_api_recovers(
-    settings: ApiSettings, tmp_path: Path
-) -> None:
+def test_redis_full_answers_503_and_the_api_recovers(settings: ApiSettings, tmp_path: Path) -> None:
     url, proc = start_redis(tmp_path / "redis")
     full = redis.Redis.from_url(url)
     try:
@@ -106,7 +105,9 @@ def test_a_refused_batch_does_not_use_up_its_idempotency_key(
     assert _queued(settings) == 1
 
 
-def test_a_batch_past_the_storage_bound_is_refused_and_leaves_nothing(settings: ApiSettings) -> None:
+def test_a_batch_past_the_storage_bound_is_refused_and_leaves_nothing(
+    settings: ApiSettings,
+) -> None:
     small = settings.model_copy(update={"max_batch_stored_bytes": 50_000})
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -144,7 +145,9 @@ def _at_once(count: int, send) -> list[httpx.Response]:  # type: ignore[no-untyp
         return list(pool.map(one, range(count)))
 
 
-def test_concurrent_identical_job_requests_make_one_job(live_url: str, settings: ApiSettings) -> None:
+def test_concurrent_identical_job_requests_make_one_job(
+    live_url: str, settings: ApiSettings
+) -> None:
     image = png_bytes(40)
     answers = _at_once(
         8,
@@ -178,3 +181,31 @@ def test_concurrent_identical_batch_requests_make_one_batch(
     chunks = answers[0].json()["chunks"]
     assert _queued(settings) == chunks  # one batch's chunks, not six
     assert {k.decode().split(":")[2] for k in _batch_keys(settings)} == {batch_id}
+
+
+def test_a_request_whose_queue_was_unreachable_leaves_its_key_free(settings: ApiSettings) -> None:
+    # Redis answers, but the broker the queue talks to does not (a real client of a real
+    # address where nothing listens): the job is failed, the batch cancelled, keys freed.
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        working = client.app.state.queue
+        client.app.state.queue = JobQueue(
+            settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+        )
+        upload = {"file": ("g.png", png_bytes(32), "image/png")}
+        job_key, batch_key = {"Idempotency-Key": "job-k"}, {"Idempotency-Key": "batch-k"}
+        _assert_unavailable(client.post("/v1/jobs", files=upload, headers=job_key))
+        _assert_unavailable(
+            client.post(
+                "/v1/batches", content=CSV["content"], headers={**CSV["headers"], **batch_key}
+            )
+        )
+
+        client.app.state.queue.close()
+        client.app.state.queue = working
+        job = client.post("/v1/jobs", files=upload, headers=job_key)
+        batch = client.post(
+            "/v1/batches", content=CSV["content"], headers={**CSV["headers"], **batch_key}
+        )
+        assert (job.status_code, batch.status_code) == (202, 202)
+        assert job.json()["status"] == "queued" and batch.json()["status"] == "queued"
+        assert _queued(settings) == 1 + batch.json()["chunks"]

@@ -94,7 +94,9 @@ def alive(pid: int) -> bool:
     return True
 
 
-def wait_until(condition: Callable[[], Any], *, timeout_s: float, what: str, log: Path | None = None) -> Any:
+def wait_until(
+    condition: Callable[[], Any], *, timeout_s: float, what: str, log: Path | None = None
+) -> Any:
     """Poll ``condition`` until it returns something truthy; fail with ``what`` otherwise."""
     deadline = time.monotonic() + timeout_s
     while True:

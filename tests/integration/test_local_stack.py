@@ -26,7 +26,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 def local_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SKYSERVE_REDIS_URL")}
-    return {**env, "SKYSERVE_LOCAL_DATA_DIR": str(tmp / "var"), "SKYSERVE_HOST": "127.0.0.1", **extra}
+    return {
+        **env,
+        "SKYSERVE_LOCAL_DATA_DIR": str(tmp / "var"),
+        "SKYSERVE_HOST": "127.0.0.1",
+        **extra,
+    }
 
 
 def skyserve_local(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -49,7 +54,9 @@ def foreign_redis(tmp_path: Path) -> Iterator[int]:
 
 def test_it_refuses_a_redis_it_did_not_start(foreign_redis: int, tmp_path: Path) -> None:
     log = tmp_path / "local.log"
-    env = local_env(tmp_path, SKYSERVE_LOCAL_REDIS_PORT=str(foreign_redis), SKYSERVE_PORT=str(free_port()))
+    env = local_env(
+        tmp_path, SKYSERVE_LOCAL_REDIS_PORT=str(foreign_redis), SKYSERVE_PORT=str(free_port())
+    )
     proc = skyserve_local(env, log)
     assert proc.wait(60) == 1
     text = log.read_text()

@@ -71,9 +71,11 @@ def test_versions_published_under_load(redis_url: str, tmp_path: Path, record_pr
         with cluster.api() as api:
             jobs = [
                 wait_until(
-                    lambda j=j: (job := api.get(f"/v1/jobs/{j}?wait=5").json())["status"]
-                    in ("succeeded", "failed")
-                    and job,
+                    lambda j=j: (
+                        (job := api.get(f"/v1/jobs/{j}?wait=5").json())["status"]
+                        in ("succeeded", "failed")
+                        and job
+                    ),
                     timeout_s=60,
                     what=f"job {j} to end",
                 )

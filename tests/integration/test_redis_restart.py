@@ -72,8 +72,9 @@ def test_a_redis_restart_loses_nothing_and_the_api_says_503_meanwhile(
         cluster.start("w2")
         image = {"file": ("g.png", png_bytes(24), "image/png")}
         job_ids = [
-            api.post("/v1/jobs", files={"file": ("g.png", png_bytes(24, seed=k), "image/png")})
-            .json()["id"]
+            api.post(
+                "/v1/jobs", files={"file": ("g.png", png_bytes(24, seed=k), "image/png")}
+            ).json()["id"]
             for k in range(JOBS)
         ]
         batch = api.post(
@@ -90,7 +91,9 @@ def test_a_redis_restart_loses_nothing_and_the_api_says_503_meanwhile(
         refused = [
             api.post("/v1/jobs", files=image),
             api.get(f"/v1/jobs/{job_ids[0]}"),
-            api.post("/v1/batches", content="id,pgc\n1,2557\n", headers={"Content-Type": "text/csv"}),
+            api.post(
+                "/v1/batches", content="id,pgc\n1,2557\n", headers={"Content-Type": "text/csv"}
+            ),
             api.get(f"/v1/batches/{batch['id']}"),
             api.get("/readyz"),
         ]

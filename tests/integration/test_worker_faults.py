@@ -133,7 +133,9 @@ def test_a_killed_prefork_child_is_replaced_and_its_chunk_taken_over(
         batch = wait_batch(cluster, api, batch_id)
         figures = audit_batch(api, batch_id, "SIGKILL of a prefork child mid-batch", restarted)
         report(record_property, figures)
-        record_property("fault", f"  (the killed chunk was recorded {recorded:.1f} s after the kill)")
+        record_property(
+            "fault", f"  (the killed chunk was recorded {recorded:.1f} s after the kill)"
+        )
 
         assert batch["status"] == "succeeded"
         assert_exactly_once(figures)
@@ -154,7 +156,6 @@ def test_a_whole_worker_killed_mid_batch_is_recovered_by_its_leases(
         w1 = cluster.workers["w1"]
         batch_id = submit_batch(api)
         pids = set(process_tree(w1.pid))
-
 
         def both_busy() -> list[str]:
             held = [u for u, pid in cluster.holders().items() if pid in pids]
@@ -200,7 +201,9 @@ def test_a_worker_stopped_with_sigterm_finishes_its_chunk_first(
         batch = wait_batch(cluster, api, batch_id)
         figures = audit_batch(api, batch_id, "SIGTERM of a worker mid-batch", None)
         report(record_property, figures)
-        record_property("fault", f"  (the stopped worker finished its chunk and exited in {finished:.1f} s)")
+        record_property(
+            "fault", f"  (the stopped worker finished its chunk and exited in {finished:.1f} s)"
+        )
 
         assert batch["status"] == "succeeded"
         assert_exactly_once(figures)
@@ -212,9 +215,12 @@ def test_a_poison_job_ends_failed_after_bounded_attempts(
 ) -> None:
     # A job that kills its worker process each time it runs (here: the test does the
     # killing). With max_job_attempts=2 the third start gives up with a reason.
-    with running_cluster(
-        redis_url, tmp_path, registry, max_job_attempts=2, transient_retries=1
-    ) as cluster, cluster.api() as api:
+    with (
+        running_cluster(
+            redis_url, tmp_path, registry, max_job_attempts=2, transient_retries=1
+        ) as cluster,
+        cluster.api() as api,
+    ):
         cluster.start("w1")
         w1 = cluster.workers["w1"]
         resp = api.post("/v1/jobs", files={"file": ("g.png", png_bytes(24), "image/png")})

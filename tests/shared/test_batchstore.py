@@ -25,11 +25,16 @@ def keys(store: BatchStore, batch_id: str) -> set[str]:
 
 
 def rows(start: int, count: int) -> list[BatchRow]:
-    return [BatchRow(row=k, id=f"r{k}", input={"file": f"img{k}.png"}) for k in range(start, start + count)]
+    return [
+        BatchRow(row=k, id=f"r{k}", input={"file": f"img{k}.png"})
+        for k in range(start, start + count)
+    ]
 
 
 def stored_batch(store: BatchStore, chunks: int = 2) -> Batch:
-    batch = Batch(id=new_job_id(), tasks=["inclination"], columns=["file"], chunks=chunks, chunk_rows=2)
+    batch = Batch(
+        id=new_job_id(), tasks=["inclination"], columns=["file"], chunks=chunks, chunk_rows=2
+    )
     batch.progress.total = 2 * chunks
     for index in range(chunks):
         store.put_chunk(batch.id, index, rows(2 * index, 2))
@@ -39,7 +44,9 @@ def stored_batch(store: BatchStore, chunks: int = 2) -> Batch:
 
 
 def results(chunk_rows: list[BatchRow]) -> list[BatchRowResult]:
-    return [BatchRowResult(row=r.row, id=r.id, input=r.input, status="succeeded") for r in chunk_rows]
+    return [
+        BatchRowResult(row=r.row, id=r.id, input=r.input, status="succeeded") for r in chunk_rows
+    ]
 
 
 def test_input_is_freed_as_chunks_are_recorded(client: redis.Redis, key_prefix: str) -> None:
@@ -62,7 +69,9 @@ def test_input_is_freed_as_chunks_are_recorded(client: redis.Redis, key_prefix: 
     assert store.get(batch.id).progress.done == 4
 
 
-def test_a_cancelled_batch_keeps_its_input_only_briefly(client: redis.Redis, key_prefix: str) -> None:
+def test_a_cancelled_batch_keeps_its_input_only_briefly(
+    client: redis.Redis, key_prefix: str
+) -> None:
     store = BatchStore(client, prefix=key_prefix, ttl_seconds=3600, ended_input_ttl=30)
     batch = stored_batch(store)
     store.cancel(batch.id)

@@ -53,7 +53,9 @@ def test_one_owner_at_a_time_until_it_releases(client: redis.Redis, key_prefix: 
     assert take(leases, unit, "b")[0]
 
 
-def test_a_lease_that_ran_out_is_listed_and_can_be_taken(client: redis.Redis, key_prefix: str) -> None:
+def test_a_lease_that_ran_out_is_listed_and_can_be_taken(
+    client: redis.Redis, key_prefix: str
+) -> None:
     leases = book(client, key_prefix, lease_seconds=0.2)
     unit = chunk_unit("b1", 3)
     take(leases, unit, "a")
@@ -94,7 +96,9 @@ def test_a_handed_back_unit_is_free_but_still_watched(client: redis.Redis, key_p
     assert [u for u, _ in leases.expired()] == [take_back]  # the retry never came
 
 
-def test_forget_leaves_a_unit_that_was_taken_meanwhile(client: redis.Redis, key_prefix: str) -> None:
+def test_forget_leaves_a_unit_that_was_taken_meanwhile(
+    client: redis.Redis, key_prefix: str
+) -> None:
     leases = book(client, key_prefix, lease_seconds=0.2)
     unit = job_unit("j5")
     take(leases, unit, "a")

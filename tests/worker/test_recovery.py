@@ -84,10 +84,12 @@ def test_expired_unfinished_work_is_re_enqueued_once(
     requeued = swept.sweep("me")
 
     assert sorted(requeued) == sorted([job_unit(stranded.id), chunk_unit(batch.id, 1)])
-    assert sorted(queued(client, key_prefix)) == sorted([
-        (PREDICT_TASK, {"job_id": stranded.id}),
-        (PREDICT_CHUNK_TASK, {"batch_id": batch.id, "chunk": 1}),
-    ])
+    assert sorted(queued(client, key_prefix)) == sorted(
+        [
+            (PREDICT_TASK, {"job_id": stranded.id}),
+            (PREDICT_CHUNK_TASK, {"batch_id": batch.id, "chunk": 1}),
+        ]
+    )
     assert book.units() == {}  # the finished and the vanished job were only forgotten
     assert swept.sweep("someone-else") == []  # one sweep per interval across workers
 

@@ -209,9 +209,9 @@ async def submit_batch(
         try:
             queue.enqueue_chunks(batch_id, chunks)
         except ServiceUnavailable:
-            store.cancel(batch_id)
             if idempotency_key:
                 store.forget_idempotency_key(idempotency_key, batch_id)
+            store.cancel(batch_id)
             raise
         JOBS_SUBMITTED.labels(kind="batch").inc()
         return store.get(batch_id), True
