@@ -6,13 +6,17 @@ every ``lease_renew_seconds``. The same thread sweeps: about once every
 ``sweep_interval_seconds`` across all workers (a Redis lock elects the process that
 does it), it re-enqueues every unit whose lease ran out and that has not ended.
 
-What recovers how fast (defaults in brackets):
+What recovers how fast (defaults in parentheses):
 
 - a killed prefork *child*: its parent hands the message back at once
-  (``reject_on_worker_lost``) and a sibling takes the lease over, seeing the holder's
-  pid gone (seconds);
-- a whole worker killed, or a task cancelled because Redis went away: the lease runs
-  out (``lease_seconds``, 60 s) and the next sweep re-enqueues it (≤ 20 s later);
+  (``reject_on_worker_lost``, to the end of the queue) and whoever takes it takes the
+  lease over, seeing the holder's pid gone on this host; if the queue is long and the
+  lease runs out first, the sweeper's copy gets there first (either way, seconds to
+  a lease);
+- a whole worker killed: the lease runs out (``lease_seconds``, 60 s) and the next
+  sweep re-enqueues it (≤ 20 s later);
+- a task cancelled because Redis went away (Celery terminates it): its lease is
+  handed back on the way out, free at once and swept after one lease;
 - a message a worker had received but not yet started when it died: the broker's
   ``visibility_timeout`` (600 s), the backstop for this small window.
 

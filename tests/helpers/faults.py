@@ -216,7 +216,7 @@ class Cluster:
 
     def logs_text(self) -> str:
         return "\n".join(
-            f"--- {name} ---\n{log_tail(self.log(name), 400)}" for name in self.workers
+            f"--- {name} ---\n{log_tail(self.log(name), 80)}" for name in self.workers
         )
 
     def close(self) -> None:
