@@ -56,6 +56,7 @@ bench: install-test ## Run the benchmarks (figures printed, baselines in the sam
 	$(PY) bench/batch_throughput.py
 	$(PY) bench/api_memory.py
 	$(PY) bench/redis_memory.py
+	$(PY) bench/recovery.py
 
 lint: install-test ## Static checks
 	$(PIP) install --quiet ruff mypy
