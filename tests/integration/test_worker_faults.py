@@ -239,21 +239,24 @@ def test_a_poison_job_ends_failed_after_bounded_attempts(
             if job.status.value in ("succeeded", "failed"):
                 break
             holder = cluster.leases.holder(job_unit(job_id))
+            # The poison strikes while the job runs its model; a start past the limit
+            # does not run it (it fails the job at once), so nothing kills that one.
             if (
                 holder is not None
                 and holder.pid in process_tree(w1.pid)[1:]
-                and job.attempts == kills + 1
+                and job.attempts == kills + 1 <= 2
             ):
                 os.kill(holder.pid, signal.SIGKILL)
                 kills += 1
             time.sleep(0.02)
-            assert kills <= 3, "the job was started more often than its attempt limit allows"
 
         record_property(
-            "fault", f"poison job: {kills} worker processes killed, ended {job.status.value}"
+            "fault",
+            f"poison job (max_job_attempts=2): {kills} worker processes killed, "
+            f"{job.attempts} starts, ended {job.status.value}",
         )
         assert kills == 2 and job.status.value == "failed"
-        assert "started 2 times without finishing" in job.error.detail
+        assert job.attempts == 3 and "started 2 times without finishing" in job.error.detail
         assert w1.poll() is None
 
 
