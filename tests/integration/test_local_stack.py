@@ -58,7 +58,10 @@ def test_it_refuses_a_redis_it_did_not_start(foreign_redis: int, tmp_path: Path)
         tmp_path, SKYSERVE_LOCAL_REDIS_PORT=str(foreign_redis), SKYSERVE_PORT=str(free_port())
     )
     proc = skyserve_local(env, log)
-    assert proc.wait(60) == 1
+    try:
+        assert proc.wait(60) == 1
+    finally:
+        kill_family(proc, process_tree(proc.pid))
     text = log.read_text()
     assert f"Port {foreign_redis} is taken by a Redis this command did not start" in text
     assert "SKYSERVE_LOCAL_REDIS_PORT" in text and "Started a worker" not in text
@@ -78,6 +81,7 @@ def test_sigterm_stops_the_api_the_worker_and_redis(tmp_path: Path) -> None:
         SKYSERVE_CELERY_QUEUE=f"local-{port}",
     )
     proc = skyserve_local(env, log)
+    family = [proc.pid]
     try:
         answers = []
         deadline = time.monotonic() + 120
@@ -106,6 +110,18 @@ def test_sigterm_stops_the_api_the_worker_and_redis(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, [p for p in family if alive(p)]
             time.sleep(0.1)
     finally:
-        if proc.poll() is None:
-            for pid in process_tree(proc.pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_family(proc, family)
+
+
+def kill_family(proc: subprocess.Popen[bytes], family: list[int]) -> None:
+    """Leave nothing behind, whatever the test found (a regression must not leak), and
+    touch no other process: only pids still running this environment's programs."""
+    ours = str(Path(sys.executable).parent.parent)
+    for pid in {*family, *process_tree(proc.pid)}:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if ours in cmdline and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
