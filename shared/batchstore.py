@@ -3,23 +3,32 @@
 Layout under ``<prefix>:batch:<id>``:
 
 - ``…`` — the :class:`~shared.schemas.Batch` record (JSON), status transitions by WATCH/MULTI;
-- ``…:counts`` — a hash of ``done``, ``failed``, ``chunks_done`` counters;
+- ``…:counts`` — a hash of ``done``, ``failed``, ``chunks_done`` counters, and while the
+  input is written ``stored_bytes`` and ``stored_chunks``;
 - ``…:chunk:<k>`` — the rows of chunk ``k`` (JSON list of :class:`BatchRow`);
 - ``…:result:<k>`` — their outcomes (JSON list of :class:`BatchRowResult`), written once;
-- ``…:file:<name>`` — image bytes uploaded inside a zip.
+- ``…:files`` — a hash of the image bytes uploaded inside a zip, by name.
 
 A chunk's result is written with ``SET NX`` and the counters move in the same Lua
 call, so a redelivered chunk never counts twice.
+
+Redis memory. The input of a batch (its rows and zip images) is bounded by
+``max_stored_bytes`` while it is written (:class:`~shared.errors.BatchTooLarge`, 413,
+past it), and kept only while it is needed: a chunk's rows go when its result is
+recorded, the zip images when the last chunk is, and a cancelled batch's input
+``ended_input_ttl`` seconds after the cancel (chunks already running may still read
+it). Records and results stay for ``ttl_seconds``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 
-from shared.errors import JobNotCancellable, JobNotFound
+from shared.errors import BatchTooLarge, JobNotCancellable, JobNotFound
+from shared.jobstore import claim_key, release_key
 from shared.schemas import (
     TERMINAL_STATUSES,
     Batch,
@@ -32,37 +41,131 @@ from shared.schemas import (
 __all__ = ["BatchStore"]
 
 # Write a chunk's results once and count them in the same atomic step.
+# The chunk's rows and attempt counter (KEYS[3], KEYS[4]) are not needed after that.
 _RECORD_CHUNK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4]) then
   redis.call('HINCRBY', KEYS[2], 'done', ARGV[2])
   redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3])
+  redis.call('UNLINK', KEYS[3], KEYS[4])
   return redis.call('HINCRBY', KEYS[2], 'chunks_done', 1)
 end
 return -1
 """
 
+#: How long a cancelled batch's input stays for chunks still running (beyond the
+#: worker's hard time limit, 330 s by default).
+ENDED_INPUT_TTL = 600
+
 
 class BatchStore:
     """Reads and writes batches in Redis (see the module docstring for the layout)."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        ttl_seconds: int,
+        max_stored_bytes: int | None = None,
+        ended_input_ttl: int = ENDED_INPUT_TTL,
+    ) -> None:
         self.redis = client
         self.prefix = prefix
         self.ttl = ttl_seconds
+        self.max_stored_bytes = max_stored_bytes
+        self.ended_input_ttl = ended_input_ttl
         self._record_chunk = client.register_script(_RECORD_CHUNK)
 
     def key(self, batch_id: str, *parts: object) -> str:
         return ":".join([f"{self.prefix}:batch:{batch_id}", *map(str, parts)])
 
+    def idempotency_key(self, key: str) -> str:
+        return f"{self.prefix}:idem:batch:{key}"
+
     # -- writing the input ------------------------------------------------------------
     def put_chunk(self, batch_id: str, index: int, rows: list[BatchRow]) -> None:
-        """Store one chunk of rows (called while a catalog is still being read)."""
-        payload = json.dumps([r.model_dump(mode="json") for r in rows])
-        self.redis.set(self.key(batch_id, "chunk", index), payload, ex=self.ttl)
+        """Store one chunk of rows (called while a catalog is still being read).
+
+        Raises
+        ------
+        BatchTooLarge
+            If the batch's stored input passes ``max_stored_bytes`` (call :meth:`discard`).
+        """
+        payload = json.dumps([r.model_dump(mode="json") for r in rows]).encode()
+        chunk = self.key(batch_id, "chunk", index)
+        self._put(
+            batch_id,
+            len(payload),
+            lambda pipe: pipe.set(chunk, payload, ex=self.ttl),
+            chunks=index + 1,
+        )
 
     def put_file(self, batch_id: str, name: str, data: bytes) -> None:
-        """Store an image uploaded inside a zip, for the rows that name it."""
-        self.redis.set(self.key(batch_id, "file", name), data, ex=self.ttl)
+        """Store an image uploaded inside a zip, for the rows that name it.
+
+        Raises
+        ------
+        BatchTooLarge
+            If the batch's stored input passes ``max_stored_bytes`` (call :meth:`discard`).
+        """
+        files = self.key(batch_id, "files")
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            pipe.hset(files, name, data)
+            pipe.expire(files, self.ttl)
+
+        self._put(batch_id, len(data) + len(name), write)
+
+    def _put(
+        self,
+        batch_id: str,
+        size: int,
+        write: Callable[[redis.client.Pipeline], object],
+        *,
+        chunks: int | None = None,
+    ) -> None:
+        counts = self.key(batch_id, "counts")
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(counts, "stored_bytes", size)
+            if chunks is not None:
+                pipe.hset(counts, "stored_chunks", chunks)
+            pipe.expire(counts, self.ttl)
+            write(pipe)
+            stored = int(pipe.execute()[0])
+        # Checked after the write (one chunk or file too many at most), so that the
+        # count and the data move together; the caller discards the batch.
+        if self.max_stored_bytes is not None and stored > self.max_stored_bytes:
+            raise BatchTooLarge(
+                f"The batch would take more than {self.max_stored_bytes:,} bytes in the job "
+                "store once unpacked; split it into smaller batches.",
+                max_stored_bytes=self.max_stored_bytes,
+            )
+
+    def discard(self, batch_id: str) -> None:
+        """Delete everything stored for a batch (its input could not be accepted)."""
+        counts = self.redis.hgetall(self.key(batch_id, "counts"))
+        chunks = max(int(counts.get(b"stored_chunks", 0)), int(counts.get(b"chunks_done", 0)))
+        keys = [self.key(batch_id), self.key(batch_id, "counts"), self.key(batch_id, "files")]
+        for index in range(chunks):
+            keys += [self.key(batch_id, part, index) for part in ("chunk", "result", "attempts")]
+        for start in range(0, len(keys), 1000):
+            self.redis.unlink(*keys[start : start + 1000])
+
+    def claim_idempotency_key(self, key: str, batch_id: str) -> Batch | None:
+        """Tie ``key`` to ``batch_id`` (stored already); returns the earlier batch if
+        the key was taken first, in which case the caller discards its own."""
+        earlier = claim_key(
+            self.redis,
+            self.idempotency_key(key),
+            batch_id,
+            self.ttl,
+            exists=lambda other: self.redis.exists(self.key(other)) > 0,
+        )
+        return None if earlier is None else self.get(earlier)
+
+    def forget_idempotency_key(self, key: str, batch_id: str) -> None:
+        """Free ``key`` if it still names ``batch_id`` (the batch could not be queued)."""
+        release_key(self.redis, self.idempotency_key(key), batch_id)
 
     def create(self, batch: Batch) -> Batch:
         """Store the record once every chunk is written; counters start at zero."""
@@ -101,7 +204,7 @@ class BatchStore:
 
     def file(self, batch_id: str, name: str) -> bytes | None:
         """An image uploaded with the batch, or None if no such file was in the zip."""
-        return self.redis.get(self.key(batch_id, "file", name))
+        return self.redis.hget(self.key(batch_id, "files"), name)
 
     def has_result(self, batch_id: str, index: int) -> bool:
         return bool(self.redis.exists(self.key(batch_id, "result", index)))
@@ -127,7 +230,12 @@ class BatchStore:
         payload = json.dumps([r.model_dump(mode="json", exclude_none=True) for r in results])
         chunks_done = int(
             self._record_chunk(
-                keys=[self.key(batch_id, "result", index), self.key(batch_id, "counts"), self.key(batch_id)],
+                keys=[
+                    self.key(batch_id, "result", index),
+                    self.key(batch_id, "counts"),
+                    self.key(batch_id, "chunk", index),
+                    self.key(batch_id, "attempts", index),
+                ],
                 args=[payload, done, len(results) - done, self.ttl],
             )
         )
@@ -136,6 +244,7 @@ class BatchStore:
         batch = self.get(batch_id)
         if chunks_done >= batch.chunks:
             self._transition(batch_id, JobStatus.SUCCEEDED)
+            self.redis.unlink(self.key(batch_id, "files"))  # every row has run
         elif batch.status == JobStatus.QUEUED:
             self._transition(batch_id, JobStatus.RUNNING)
         return True
@@ -157,6 +266,14 @@ class BatchStore:
                 status_now=batch.status.value,
             )
         self._transition(batch_id, JobStatus.CANCELLED)
+        # Chunks not yet run never will be; running ones may still read their files.
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.expire(self.key(batch_id, "files"), self.ended_input_ttl)
+            for index in range(batch.chunks):
+                pipe.expire(self.key(batch_id, "chunk", index), self.ended_input_ttl)
+                if index % 1000 == 999:
+                    pipe.execute()
+            pipe.execute()
         return self.get(batch_id)
 
     def _transition(self, batch_id: str, status: JobStatus) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "SkyserveError",
     "InvalidImage",
     "ImageTooLarge",
+    "BatchTooLarge",
     "UnsupportedMediaType",
     "UnknownTask",
     "UnknownModelVersion",
@@ -54,6 +55,9 @@ class SkyserveError(Exception):
     code: ClassVar[str] = "internal"
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
+    #: Seconds a client should wait before trying again (sent as ``Retry-After``), for
+    #: errors that pass by themselves.
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -93,6 +97,10 @@ class InvalidImage(SkyserveError):
 
 class ImageTooLarge(SkyserveError):
     code, status, title = "image-too-large", 413, "The image is too large"
+
+
+class BatchTooLarge(SkyserveError):
+    code, status, title = "batch-too-large", 413, "The batch is too large to store"
 
 
 class UnsupportedMediaType(SkyserveError):
@@ -141,6 +149,7 @@ class ModelIntegrityError(SkyserveError):
 
 class ServiceUnavailable(SkyserveError):
     code, status, title = "service-unavailable", 503, "A backing service is unavailable"
+    retry_after = 5
 
 
 class NonFiniteAnswer(SkyserveError):

@@ -3,7 +3,9 @@
 Records are JSON strings under ``<prefix>:job:<id>``; uploaded bytes under
 ``<prefix>:blob:<id>``. Transitions use WATCH/MULTI so a cancelled job is never
 overwritten by a late worker, and a redelivered job that already finished keeps
-its first answer.
+its first answer. The uploaded bytes are deleted as soon as the job ends (the record
+and its result stay for ``ttl_seconds``), so Redis holds payloads only for work
+still to do.
 """
 
 from __future__ import annotations
@@ -15,15 +17,64 @@ from typing import Any
 
 import redis
 
-from shared.errors import JobNotCancellable, JobNotFound, SkyserveError
+from shared.errors import JobNotCancellable, JobNotFound, ServiceUnavailable, SkyserveError
 from shared.schemas import TERMINAL_STATUSES, Job, JobResult, JobStatus, Problem, utcnow
 
-__all__ = ["JobStore", "new_job_id"]
+__all__ = ["JobStore", "claim_key", "new_job_id", "release_key"]
+
+# Point KEYS[1] at ARGV[2] only if it still holds ARGV[1] (take over a dead claim).
+_REPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 def new_job_id() -> str:
     """A random, URL-safe job id."""
     return uuid.uuid4().hex
+
+
+def claim_key(
+    client: redis.Redis, key: str, value: str, ttl: int, *, exists: Callable[[str], bool]
+) -> str | None:
+    """Claim an idempotency ``key`` for ``value`` (a job or batch id) with ``SET NX``.
+
+    Returns
+    -------
+    str or None
+        None if this call claimed the key; else the id the key already names. A key
+        whose id no longer ``exists`` (expired, deleted) is taken over atomically.
+    """
+    for _ in range(5):
+        if client.set(key, value, nx=True, ex=ttl):
+            return None
+        raw = client.get(key)
+        if raw is None:
+            continue  # expired between the two calls: try again
+        earlier = raw.decode()
+        if exists(earlier):
+            return earlier
+        if client.eval(_REPLACE, 1, key, earlier, value, ttl):
+            return None
+    raise ServiceUnavailable("The idempotency key is being changed by other requests; try again.")
+
+
+def release_key(client: redis.Redis, key: str, value: str) -> None:
+    """Delete an idempotency ``key`` only if it still names ``value``.
+
+    A WATCH/MULTI transaction rather than a script: a full Redis (noeviction) still
+    accepts a DEL, but Redis 7 refuses any script that may write.
+    """
+
+    def delete_if_ours(pipe: redis.client.Pipeline) -> None:
+        if pipe.get(key) == value.encode():
+            pipe.multi()
+            pipe.delete(key)
+
+    client.transaction(delete_if_ours, key)
 
 
 class JobStore:
@@ -70,27 +121,35 @@ class JobStore:
     def create(self, job: Job, payload: bytes | None, *, idempotency_key: str | None = None) -> Job:
         """Store a new job and its payload.
 
-        With an ``idempotency_key`` already used, nothing is written and the earlier
-        job is returned instead, so a retried POST never makes two jobs.
+        With an ``idempotency_key`` already used, the earlier job is returned instead
+        and nothing of this one is kept, so a retried POST never makes two jobs, even
+        when the two requests arrive at the same moment: the record is written first
+        and the key claimed second (``SET NX``), so whoever loses the claim finds the
+        winner's record already there.
         """
-        if idempotency_key is not None:
-            claimed = self.redis.set(
-                self.idempotency_key(idempotency_key), job.id, nx=True, ex=self.ttl
-            )
-            if not claimed:
-                earlier = self.redis.get(self.idempotency_key(idempotency_key))
-                if earlier is not None:
-                    try:
-                        return self.get(earlier.decode())
-                    except JobNotFound:
-                        pass
-                self.redis.set(self.idempotency_key(idempotency_key), job.id, ex=self.ttl)
         with self.redis.pipeline() as pipe:
             if payload is not None:
                 pipe.set(self.blob_key(job.id), payload, ex=self.ttl)
             pipe.set(self.job_key(job.id), job.model_dump_json(), ex=self.ttl)
             pipe.execute()
-        return job
+        if idempotency_key is None:
+            return job
+        earlier = claim_key(
+            self.redis,
+            self.idempotency_key(idempotency_key),
+            job.id,
+            self.ttl,
+            exists=lambda other: self.redis.exists(self.job_key(other)) > 0,
+        )
+        if earlier is None:
+            return job
+        self.redis.delete(self.blob_key(job.id), self.job_key(job.id))
+        return self.get(earlier)
+
+    def forget_idempotency_key(self, key: str, job_id: str) -> None:
+        """Free ``key`` if it still names ``job_id`` (the job could not be queued, so a
+        retry with the same key must make a new one)."""
+        release_key(self.redis, self.idempotency_key(key), job_id)
 
     def get(self, job_id: str) -> Job:
         """Load a job record.
@@ -131,6 +190,9 @@ class JobStore:
                 return job
             pipe.multi()
             pipe.set(key, updated.model_dump_json(), keepttl=True)
+            if updated.status in TERMINAL_STATUSES:
+                # Nothing reads the upload once the job ended; do not keep it for days.
+                pipe.unlink(self.blob_key(job_id))
             return updated
 
         return self.redis.transaction(transaction, key, value_from_callable=True)
@@ -208,9 +270,7 @@ class JobStore:
                 )
             return job.model_copy(update={"status": JobStatus.CANCELLED, "finished_at": utcnow()})
 
-        job = self._update(job_id, change)
-        self.redis.delete(self.blob_key(job_id))
-        return job
+        return self._update(job_id, change)
 
     def heartbeat(self, hostname: str, info: dict[str, Any], *, ttl_seconds: int) -> None:
         """Record that a worker is alive and what it serves."""

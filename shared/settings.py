@@ -62,10 +62,12 @@ class SkyserveSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Level of skyserve's own loggers.")
     visibility_timeout_seconds: int = Field(
-        default=3600,
+        default=600,
         gt=0,
-        description="Redis broker visibility timeout: must exceed the longest job, or a slow "
-        "job is redelivered while it still runs.",
+        description="Redis broker visibility timeout: a message a dead worker had received "
+        "is redelivered after this long. Running work is recovered sooner by its lease "
+        "(worker lease_seconds); this is the backstop for a message received but not yet "
+        "started. It exceeds the longest job, so a running job is not redelivered.",
     )
 
     # --- Cutouts and remote images (shared/cutouts.py) -------------------------------

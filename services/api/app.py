@@ -63,7 +63,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             client, prefix=settings.key_prefix, ttl_seconds=settings.job_ttl_seconds
         )
         app.state.batches = BatchStore(
-            client, prefix=settings.key_prefix, ttl_seconds=settings.job_ttl_seconds
+            client,
+            prefix=settings.key_prefix,
+            ttl_seconds=settings.job_ttl_seconds,
+            max_stored_bytes=settings.max_batch_stored_bytes,
         )
         app.state.registry = RegistryReader(settings.models_dir)
         app.state.queue = JobQueue(settings)

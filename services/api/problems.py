@@ -13,12 +13,13 @@ import json
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import PROBLEM_TYPE_BASE, SkyserveError
+from shared.errors import PROBLEM_TYPE_BASE, ServiceUnavailable, SkyserveError
 from shared.schemas import Problem
 
 __all__ = [
@@ -33,6 +34,14 @@ __all__ = [
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger(__name__)
 
+#: Redis errors that mean "not now" rather than "a bug": answered 503 with Retry-After.
+STORE_UNAVAILABLE: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError,  # includes BusyLoadingError (restarting, loading the AOF)
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+)
+
 
 def problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     """A JSON response with the problem media type and the problem's status."""
@@ -44,7 +53,7 @@ def problem_response(problem: dict[str, Any], headers: dict[str, str] | None = N
 def problem_headers(error: SkyserveError) -> dict[str, str]:
     """HTTP headers a problem implies: ``Retry-After`` (429, 503), ``WWW-Authenticate`` (401)."""
     headers: dict[str, str] = {}
-    retry_after = error.extra.get("retry_after")
+    retry_after = error.extra.get("retry_after", error.retry_after)
     if retry_after is not None:
         headers["Retry-After"] = str(int(retry_after))
     if error.status == 401:
@@ -61,6 +70,21 @@ def install_problem_handlers(app: FastAPI) -> None:
 
         PROBLEMS.labels(code=exc.code).inc()
         return problem_response(exc.to_problem(instance=request.url.path), problem_headers(exc))
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis(request: Request, exc: redis.RedisError) -> JSONResponse:
+        # Redis down, restarting (loading its AOF), read-only after a failover, or full
+        # (noeviction): the request may well work in a few seconds, so 503 + Retry-After.
+        # The client reconnects by itself on the next request. Anything else is a bug.
+        if not isinstance(exc, STORE_UNAVAILABLE):
+            return await _unexpected(request, exc)
+        log.warning("Redis unavailable on %s: %s", request.url.path, exc)
+        detail = (
+            "The job store is full; finished work is being cleared, try again shortly."
+            if isinstance(exc, redis.exceptions.OutOfMemoryError)
+            else "The job store (Redis) cannot be reached right now; try again shortly."
+        )
+        return await _skyserve(request, ServiceUnavailable(detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

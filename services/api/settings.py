@@ -35,6 +35,12 @@ class ApiSettings(SkyserveSettings):
     max_batch_bytes: int = Field(
         default=512 * 1024 * 1024, gt=0, description="Largest catalog or zip upload, in bytes."
     )
+    max_batch_stored_bytes: int = Field(
+        default=1024 * 1024 * 1024, gt=0,
+        description="Most bytes one batch's input (rows and zip images) may take in Redis "
+        "once unpacked; past it the batch is refused with 413. Bounds Redis memory per "
+        "batch (see deploy/README.md on sizing Redis).",
+    )
     worker_stale_seconds: float = Field(
         default=30.0, gt=0, description="A worker heartbeat older than this does not count as ready."
     )

@@ -223,7 +223,10 @@ def _store_and_enqueue(
     try:
         queue.enqueue_predict(job.id)
     except ServiceUnavailable as exc:
-        # Never leave a job queued that no worker will ever see.
+        # Never leave a job queued that no worker will ever see, nor its key taken: the
+        # client's retry with the same Idempotency-Key must make a new job.
+        if idempotency_key is not None:
+            store.forget_idempotency_key(idempotency_key, job.id)
         store.fail(job.id, exc)
         raise
     JOBS_SUBMITTED.labels(kind=job.input.kind).inc()

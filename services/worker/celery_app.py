@@ -47,9 +47,17 @@ def create_celery_app(settings: WorkerSettings) -> WorkerApp:
         # a multiplier of 1 makes each process reserve one job at a time, so a long
         # job does not hold others back that an idle worker could run.
         worker_prefetch_multiplier=1,
-        # Redis redelivers an unacknowledged message after this long, so it must exceed
-        # the longest job (task_time_limit is checked to be below it in the settings).
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        # Redis redelivers an unacknowledged message after this long; it exceeds the
+        # longest job (task_time_limit is checked to be below it in the settings), so a
+        # running job is not handed to a second worker. It is only the backstop: a
+        # running job or chunk whose whole worker died is re-enqueued much sooner, when
+        # its lease runs out (services/worker/recovery.py). Unacknowledged messages are
+        # looked for every 10 s (kombu's default scans only every 10th time).
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],

@@ -1,5 +1,5 @@
 """What one worker process holds: job and batch stores, registry, ONNX sessions, image
-sources (cutout provider, URL fetcher) and the heartbeat.
+sources (cutout provider, URL fetcher), the heartbeat, and the leases on the work it runs.
 
 Built lazily on first use in the process that runs tasks (never at import, and
 never shared across a fork: a child builds its own).
@@ -14,13 +14,16 @@ import time
 from typing import Any
 
 import redis
+from celery import current_app
 
 from services.worker.heartbeat import Heartbeat
 from services.worker.imaging import ImageSources
+from services.worker.recovery import LeaseKeeper, RunningWork, Sweeper
 from services.worker.sessions import SessionCache
 from services.worker.settings import WorkerSettings
 from shared.batchstore import BatchStore
 from shared.jobstore import JobStore
+from shared.leases import LeaseBook
 from shared.registry import RegistryReader
 
 __all__ = ["WorkerRuntime", "get_runtime", "stop_runtime"]
@@ -61,8 +64,15 @@ class WorkerRuntime:
             poll_seconds=settings.registry_poll_seconds,
             pinned_cached=settings.pinned_versions_cached,
         )
+        self.leases = LeaseBook(
+            client, prefix=settings.key_prefix, lease_seconds=settings.lease_seconds
+        )
+        self.work = RunningWork(self.leases, pid=self.pid)
+        # Ready once the models are loaded: /readyz counts no worker before that.
+        self.ready = not settings.warm_up
         self.hostname: str | None = None
         self._heartbeat: Heartbeat | None = None
+        self._keeper: LeaseKeeper | None = None
         self._lock = threading.Lock()
         self._images: ImageSources | None = None
         self._images_lock = threading.Lock()
@@ -92,7 +102,10 @@ class WorkerRuntime:
             "time": time.time(),
             "started_at": self.started_at,
             "queue": self.settings.celery_queue,
+            "ready": self.ready,
             "served": self.sessions.served(),
+            "refused": self.sessions.refused(),
+            "running": len(self.work.units()),
             "providers": self.sessions.loaded_providers(),
             "max_batch_size": self.settings.max_batch_size,
         }
@@ -110,15 +123,46 @@ class WorkerRuntime:
                 interval=self.settings.heartbeat_interval_seconds,
                 ttl=self.settings.heartbeat_ttl_seconds,
                 housekeeping=self.sessions.refresh,
-                prepare=self.sessions.warm_up if self.settings.warm_up else None,
+                prepare=self._warm_up if self.settings.warm_up else None,
             )
             self._heartbeat.start()
-            logger.info("Worker %s/%d: heartbeat started.", hostname, self.pid)
+            self._keeper = LeaseKeeper(
+                self.work, self.sweeper(), renew_seconds=self.settings.lease_renew_seconds
+            )
+            self._keeper.start()
+            logger.info("Worker %s/%d: heartbeat and leases started.", hostname, self.pid)
             return True
+
+    def sweeper(self) -> Sweeper:
+        """The sweeper, sending re-enqueued work through this worker's Celery app."""
+        app = current_app._get_current_object()
+
+        def send(name: str, kwargs: dict[str, Any], queue: str) -> None:
+            app.send_task(name, kwargs=kwargs, queue=queue)
+
+        return Sweeper(
+            self.leases,
+            self.store,
+            self.batches,
+            send,
+            interval_seconds=self.settings.sweep_interval_seconds,
+            default_queue=self.settings.celery_queue,
+        )
+
+    def _warm_up(self) -> None:
+        try:
+            self.sessions.warm_up()
+        finally:
+            # Even a task that cannot be served must not hold the others back; the
+            # heartbeat says what is served and what was refused.
+            self.ready = True
 
     def stop_heartbeat(self) -> None:
         """Stop beating and remove the key, so the API stops counting this process."""
         with self._lock:
+            if self._keeper is not None:
+                self._keeper.stop()
+                self._keeper = None
             if self._heartbeat is not None:
                 self._heartbeat.stop(forget=True)
                 self._heartbeat = None

@@ -129,6 +129,15 @@ class SessionCache:
         with self._lock:
             return dict(self._current)
 
+    def refused(self) -> dict[str, dict[str, str]]:
+        """Task → version → why this process will not serve that version (it failed its
+        checksum, did not load, or does not fit its task), for the heartbeat."""
+        with self._lock:
+            out: dict[str, dict[str, str]] = {}
+            for (task, version), why in self._broken.items():
+                out.setdefault(task, {})[str(version)] = why
+            return out
+
     def loaded_providers(self) -> list[str]:
         """Providers of the loaded sessions (or the requested ones when nothing is loaded)."""
         with self._lock:

@@ -18,6 +18,9 @@ Variables (type, default):
 - ``SKYSERVE_TRANSIENT_RETRIES`` (int, 5)
 - ``SKYSERVE_MAX_JOB_ATTEMPTS`` (int, 8)
 - ``SKYSERVE_FETCH_THREADS`` (int, 8)
+- ``SKYSERVE_LEASE_SECONDS`` (float, 60)
+- ``SKYSERVE_LEASE_RENEW_SECONDS`` (float, 10)
+- ``SKYSERVE_SWEEP_INTERVAL_SECONDS`` (float, 20)
 
 plus the shared ones of :class:`shared.settings.SkyserveSettings`.
 """
@@ -101,8 +104,29 @@ class WorkerSettings(SkyserveSettings):
         "the fetches are I/O bound, so more threads than cores pay off.",
     )
 
+    # Recovery of work stranded by a dead worker (services/worker/recovery.py). A unit's
+    # lease must survive a missed renewal or two (Redis blip, a busy moment), so it lasts
+    # at least three renewals; the sum lease + sweep bounds how long work is stranded.
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a running job's or chunk's lease lasts after each renewal; "
+        "after a whole worker dies its work is re-enqueued within about lease + sweep interval.",
+    )
+    lease_renew_seconds: float = Field(
+        default=10.0, gt=0, description="How often a worker process renews its leases."
+    )
+    sweep_interval_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="How often (across all workers) expired leases are looked for and their "
+        "work re-enqueued.",
+    )
+
     @model_validator(mode="after")
     def _check_limits(self) -> WorkerSettings:
+        if self.lease_renew_seconds * 3 > self.lease_seconds:
+            raise ValueError("lease_seconds must be at least three lease_renew_seconds")
         if self.heartbeat_ttl_seconds <= self.heartbeat_interval_seconds:
             raise ValueError("heartbeat_ttl_seconds must exceed heartbeat_interval_seconds")
         if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:

@@ -9,6 +9,11 @@ generic internal problem naming the exception type. Only Redis connection errors
 are retried (with back-off and a cap); a redelivered job that already ended, or a
 chunk already recorded, is left alone, so delivery at least once never yields two
 answers nor counts a batch's progress twice.
+
+Each task runs its job or chunk under a lease (:mod:`services.worker.recovery`): a
+second delivery of work that a live process is running is skipped, and work whose
+whole worker died is re-enqueued when its lease runs out, in about a minute rather
+than after the broker's visibility timeout.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from services.worker.chunks import answer_rows, count_attempt, failed_rows
 from services.worker.runtime import WorkerRuntime, get_runtime, stop_runtime
 from services.worker.settings import WorkerSettings, get_settings
 from shared.errors import JobNotFound, SkyserveError
+from shared.leases import chunk_unit, job_unit
 from shared.messages import PREDICT_CHUNK_TASK, PREDICT_TASK
-from shared.schemas import TERMINAL_STATUSES, Job, JobResult, JobStatus, TargetInput
+from shared.schemas import TERMINAL_STATUSES, Batch, Job, JobResult, JobStatus, TargetInput
 
 __all__ = ["TRANSIENT_ERRORS", "answer_job", "predict", "predict_chunk"]
 
@@ -87,7 +93,19 @@ def predict(self: PredictTask, job_id: str) -> str:
     """
     settings = _settings(self.app)
     runtime = get_runtime(settings)
-    store = runtime.store
+    try:
+        with runtime.work.lease(job_unit(job_id), queue=_queue(self, settings)) as held:
+            if not held:
+                return "duplicate"
+            return _run_job(runtime, job_id)
+    except TRANSIENT_ERRORS as exc:
+        _retry_with_backoff(self, exc, settings, f"Job {job_id}")
+        raise  # retries used up: PredictTask.on_failure fails the job if Redis is back
+
+
+def _run_job(runtime: WorkerRuntime, job_id: str) -> str:
+    """Start, answer and record one job whose lease this process holds."""
+    settings, store = runtime.settings, runtime.store
     try:
         job = store.start(job_id)
         if job.status in TERMINAL_STATUSES:
@@ -113,9 +131,12 @@ def predict(self: PredictTask, job_id: str) -> str:
     except JobNotFound:
         logger.warning("Job %s no longer exists (expired or deleted); nothing to do.", job_id)
         return "missing"
-    except TRANSIENT_ERRORS as exc:
-        _retry_with_backoff(self, exc, settings, f"Job {job_id}")
-        raise  # retries used up: PredictTask.on_failure fails the job if Redis is back
+
+
+def _queue(task: Task, settings: WorkerSettings) -> str:
+    """The queue this delivery came from (where a re-enqueued copy should go)."""
+    info = task.request.delivery_info or {}
+    return str(info.get("routing_key") or settings.celery_queue)
 
 
 def _retry_with_backoff(task: Task, exc: Exception, settings: WorkerSettings, what: str) -> None:
@@ -248,45 +269,60 @@ def predict_chunk(self: ChunkTask, batch_id: str, chunk: int) -> str:
     """
     settings = _settings(self.app)
     runtime = get_runtime(settings)
-    batches = runtime.batches
     where = f"Batch {batch_id} chunk {chunk}"
     try:
-        batch = batches.get(batch_id)
+        batch = runtime.batches.get(batch_id)
         if batch.status == JobStatus.CANCELLED:
             logger.info("%s: the batch is cancelled; not running it.", where)
             return "cancelled"
-        if batches.has_result(batch_id, chunk):
+        if runtime.batches.has_result(batch_id, chunk):
             logger.info("%s is already recorded; not recomputing.", where)
             return "duplicate"
-        attempts = count_attempt(runtime, batch_id, chunk)
-        rows = batches.chunk(batch_id, chunk)
-        if attempts > settings.max_job_attempts:
-            results = failed_rows(
-                rows,
-                SkyserveError(
-                    f"This row's chunk was started {attempts - 1} times without finishing (its "
-                    "worker process died each time); it will not be tried again."
-                ),
-            )
-        else:
-            try:
-                results = answer_rows(runtime, batch, rows)
-            except SkyserveError as err:
-                logger.info("%s failed as a whole: %s", where, err.detail)
-                results = failed_rows(rows, err)
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as exc:
-                logger.exception("%s hit an unexpected error.", where)
-                results = failed_rows(rows, _internal_problem(exc, settings))
-        recorded = batches.record_chunk(batch_id, chunk, results)
-        return "recorded" if recorded else "duplicate"
+        unit = chunk_unit(batch_id, chunk)
+        with runtime.work.lease(unit, queue=_queue(self, settings)) as held:
+            if not held:
+                return "duplicate"
+            return _run_chunk(runtime, batch, chunk, where)
     except JobNotFound:
         logger.warning("%s no longer exists (expired or deleted); nothing to do.", where)
         return "missing"
     except TRANSIENT_ERRORS as exc:
         _retry_with_backoff(self, exc, settings, where)
         raise  # retries used up: ChunkTask.on_failure records the rows failed if it can
+
+
+def _run_chunk(runtime: WorkerRuntime, batch: Batch, chunk: int, where: str) -> str:
+    """Answer and record one chunk whose lease this process holds."""
+    settings, batches = runtime.settings, runtime.batches
+    try:
+        if batches.has_result(batch.id, chunk):  # recorded while we waited for the lease
+            return "duplicate"
+        attempts = count_attempt(runtime, batch.id, chunk)
+        rows = batches.chunk(batch.id, chunk)
+    except JobNotFound:
+        logger.warning("%s no longer exists (expired or deleted); nothing to do.", where)
+        return "missing"
+    if attempts > settings.max_job_attempts:
+        results = failed_rows(
+            rows,
+            SkyserveError(
+                f"This row's chunk was started {attempts - 1} times without finishing (its "
+                "worker process died each time); it will not be tried again."
+            ),
+        )
+    else:
+        try:
+            results = answer_rows(runtime, batch, rows)
+        except SkyserveError as err:
+            logger.info("%s failed as a whole: %s", where, err.detail)
+            results = failed_rows(rows, err)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            logger.exception("%s hit an unexpected error.", where)
+            results = failed_rows(rows, _internal_problem(exc, settings))
+    recorded = batches.record_chunk(batch.id, chunk, results)
+    return "recorded" if recorded else "duplicate"
 
 
 # -- heartbeat: one per process that runs tasks ------------------------------------------

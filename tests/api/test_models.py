@@ -24,7 +24,7 @@ def test_model_cards(client: TestClient) -> None:
 
 
 def test_health_and_readiness_without_worker(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "redis": "reachable"}
     ready = client.get("/readyz")
     assert ready.status_code == 503
     checks = ready.json()["checks"]

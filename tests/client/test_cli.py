@@ -10,8 +10,6 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from services.api.app import create_app
-from services.api.settings import ApiSettings
 from services.client.cli import app
 from tests.client.stand_in import StandInWorker
 from tests.helpers.images import png_bytes
@@ -23,11 +21,6 @@ COMMANDS = [
     "predict", "target", "batch", "batch-results", "job", "cancel", "tasks", "models", "ready",
 ]  # fmt: skip
 VALUE_TEXT = "61.25 ± 1.75 deg"  # the stand-in worker's answer, as the table shows it
-
-needs_batches = pytest.mark.skipif(
-    "/v1/batches" not in create_app(ApiSettings()).openapi()["paths"],
-    reason="/v1/batches is not in the API yet",
-)
 
 
 @pytest.fixture
@@ -233,8 +226,6 @@ def test_ready_exits_4_without_a_live_worker(cli) -> None:
 # -- targets -------------------------------------------------------------------------------------
 def test_target_by_name_answers_and_unknown_name_exits_3(cli, worker: StandInWorker) -> None:
     result = cli("target", "--name", "M33", "--timeout", "20")
-    if result.exit_code == 3 and "415" in result.stderr:
-        pytest.skip("POST /v1/jobs with a JSON target is not in the API yet")
     assert result.exit_code == 0, result.output
     assert VALUE_TEXT in result.stdout and "M33" in result.stdout
     unknown = cli("target", "--name", "NGC 2244x")
@@ -249,7 +240,6 @@ def catalog(tmp_path: Path) -> Path:
     return path
 
 
-@needs_batches
 def test_batch_follows_progress_downloads_and_failed_rows_exit_1(
     cli, catalog: Path, worker: StandInWorker, tmp_path: Path
 ) -> None:
@@ -270,7 +260,6 @@ def test_batch_follows_progress_downloads_and_failed_rows_exit_1(
     assert allowed.exit_code == 0, allowed.output
 
 
-@needs_batches
 def test_batch_no_wait_then_batch_results_and_timeouts(cli, catalog: Path, tmp_path: Path) -> None:
     submitted = cli("batch", str(catalog), "--no-wait")
     assert submitted.exit_code == 0, submitted.output
@@ -286,7 +275,6 @@ def test_batch_no_wait_then_batch_results_and_timeouts(cli, catalog: Path, tmp_p
     assert cli("batch-results", batch_id, "--out", str(so_far)).exit_code == 1  # cancelled
 
 
-@needs_batches
 def test_batch_without_a_target_column_exits_3(cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("id,colour\n1,red\n")

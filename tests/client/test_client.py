@@ -14,7 +14,6 @@ import httpx
 import pytest
 import redis
 
-from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.client import (
     AsyncSkyserveClient,
@@ -32,13 +31,6 @@ from tests.helpers.live_server import LiveServer, unused_url
 
 pytestmark = pytest.mark.timeout(60)
 
-
-def _has_batches() -> bool:
-    # The OpenAPI paths, not app.routes: FastAPI nests included routers in the latter.
-    return "/v1/batches" in create_app(ApiSettings()).openapi()["paths"]
-
-
-needs_batches = pytest.mark.skipif(not _has_batches(), reason="/v1/batches is not in the API yet")
 
 
 @pytest.fixture
@@ -219,17 +211,8 @@ def test_url_and_api_key_come_from_the_environment(
 
 
 # -- targets (JSON POST /v1/jobs) ----------------------------------------------------------------
-def _skip_if_targets_unsupported(exc: SkyserveAPIError) -> None:
-    if exc.status == 415:
-        pytest.skip("POST /v1/jobs with a JSON target is not in the API yet")
-
-
 def test_submit_target_by_name_and_position(sky: SkyserveClient) -> None:
-    try:
-        by_name = sky.submit_target(name="M 33", tasks=["inclination"])
-    except SkyserveAPIError as exc:
-        _skip_if_targets_unsupported(exc)
-        raise
+    by_name = sky.submit_target(name="M 33", tasks=["inclination"])
     assert by_name.status == JobStatus.QUEUED and by_name.input.kind == "target"
     assert by_name.input.resolved
     by_position = sky.submit_target(ra="01h33m50.9s", dec="+30d39m37s", fov_arcmin=5)
@@ -240,7 +223,6 @@ def test_unknown_target_name_is_a_404_with_suggestions(sky: SkyserveClient) -> N
     try:
         sky.submit_target(name="NGC 2244x")
     except SkyserveAPIError as exc:
-        _skip_if_targets_unsupported(exc)
         assert exc.status == 404
         assert "suggestions" in exc.problem
     else:
@@ -330,7 +312,6 @@ def catalog(tmp_path: Path) -> Path:
     return path
 
 
-@needs_batches
 def test_batch_from_a_csv_runs_to_the_end_and_downloads(
     sky: SkyserveClient, catalog: Path, worker: StandInWorker, tmp_path: Path
 ) -> None:
@@ -351,7 +332,6 @@ def test_batch_from_a_csv_runs_to_the_end_and_downloads(
     assert not list(tmp_path.rglob("*.part"))
 
 
-@needs_batches
 def test_batch_from_rows_in_memory_waits_cancels_and_times_out(sky: SkyserveClient) -> None:
     batch = sky.submit_batch([{"id": "1", "pgc": "2557"}, {"id": "2", "name": "M31"}])
     assert batch.progress.total == 2
@@ -361,7 +341,6 @@ def test_batch_from_rows_in_memory_waits_cancels_and_times_out(sky: SkyserveClie
     assert sky.wait_batch(batch.id, timeout=5).status == JobStatus.CANCELLED
 
 
-@needs_batches
 def test_batch_problems_are_api_errors(sky: SkyserveClient, tmp_path: Path) -> None:
     with pytest.raises(SkyserveAPIError) as caught:
         sky.get_batch("f" * 32)

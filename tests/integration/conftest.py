@@ -1,5 +1,6 @@
 """The spine's stack: real Redis, a real worker process on the committed default models,
-and the API from the factory, shared by a test module."""
+and the API from the factory, shared by a test module; and the fault tests' figures,
+printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -57,3 +58,19 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         if keys:
             client_.delete(*keys)
         client_.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what each fault scenario measured (``record_property("fault", line)``)."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", [])
+        if name == "fault"
+    ]
+    if lines:
+        terminalreporter.section("fault scenarios: rows or jobs, and recovery time")
+        for line in lines:
+            terminalreporter.write_line(line)

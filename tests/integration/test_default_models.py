@@ -14,12 +14,12 @@ import pytest
 
 from shared.registry import RegistryReader
 from shared.taskdefs import get_task_definition
+from tests.helpers.requirements import require_module
 from tests.integration.conftest import DEFAULT_MODELS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-morphology = pytest.importorskip("services.trainer.data.morphology",
-                                 reason="needs the trainer extra (GalSim)")
-galaxies = pytest.importorskip("services.trainer.data.galaxies", reason="needs the trainer extra")
+morphology = require_module("services.trainer.data.morphology", extra="trainer")
+galaxies = require_module("services.trainer.data.galaxies", extra="trainer")
 
 SEED_TASKS = ("inclination", "rejection", "morphology", "object-type")
 

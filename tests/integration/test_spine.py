@@ -6,11 +6,11 @@ import pytest
 
 from shared.registry import RegistryReader
 from tests.helpers.images import truncated_png
+from tests.helpers.requirements import require_module
 from tests.integration.conftest import DEFAULT_MODELS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-galaxies = pytest.importorskip("services.trainer.data.galaxies",
-                               reason="needs the trainer extra (GalSim)")
+galaxies = require_module("services.trainer.data.galaxies", extra="trainer")
 
 
 def _answer(stack: Stack, data: bytes, **form: str) -> dict:

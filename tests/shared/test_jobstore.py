@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -77,3 +79,49 @@ def test_errors_survive_pickling_with_their_extras() -> None:
     back = pickle.loads(pickle.dumps(err))
     assert isinstance(back, SkyserveError) and back.extra == {"hint": "send PNG"}
     assert back.to_problem()["hint"] == "send PNG"
+
+
+def test_the_upload_is_deleted_when_the_job_ends(store: JobStore) -> None:
+    succeeded, failed = store.create(_job(), b"abc"), store.create(_job(), b"def")
+    store.start(succeeded.id)
+    store.succeed(succeeded.id, JobResult(tasks={}, models={"inclination": 1}))
+    store.fail(failed.id, InvalidImage("bad"))
+
+    for job in (succeeded, failed):
+        assert not store.redis.exists(store.blob_key(job.id))
+        assert store.redis.ttl(store.job_key(job.id)) > 0  # the record and result stay
+    assert store.get(succeeded.id).result.models == {"inclination": 1}
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(store: JobStore) -> None:
+    # Real threads against one Redis, released together: each writes its own record,
+    # then claims the key; the losers must return the winner's job and keep nothing.
+    barrier = threading.Barrier(12)
+    jobs = [_job() for _ in range(12)]
+
+    def submit(job: Job) -> str:
+        barrier.wait()
+        return store.create(job, b"payload", idempotency_key="same").id
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        ids = list(pool.map(submit, jobs))
+
+    assert len(set(ids)) == 1
+    kept = [j.id for j in jobs if store.redis.exists(store.job_key(j.id))]
+    assert kept == ids[:1]
+    assert [j.id for j in jobs if store.redis.exists(store.blob_key(j.id))] == kept
+
+
+def test_a_key_whose_job_was_not_queued_is_free_again(store: JobStore) -> None:
+    first = store.create(_job(), b"a", idempotency_key="k2")
+    store.forget_idempotency_key("k2", "0" * 32)  # someone else's: left alone
+    assert store.create(_job(), b"a", idempotency_key="k2").id == first.id
+
+    store.forget_idempotency_key("k2", first.id)
+    assert store.create(_job(), b"a", idempotency_key="k2").id != first.id
+
+
+def test_a_key_naming_an_expired_job_is_taken_over(store: JobStore) -> None:
+    first = store.create(_job(), b"a", idempotency_key="k3")
+    store.redis.delete(store.job_key(first.id))
+    assert store.create(_job(), b"a", idempotency_key="k3").id != first.id

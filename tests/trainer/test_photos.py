@@ -15,13 +15,13 @@ import pytest
 
 from services.trainer.data import photos
 from shared.registry import InputSpec
+from tests.helpers.requirements import require_path
 
 CSV_FILE, PHOTO_DIR = photos.catalog_paths()
-pytestmark = pytest.mark.skipif(
-    not (CSV_FILE.is_file() and PHOTO_DIR.is_dir()),
-    reason=f"needs the labelled catalogue {CSV_FILE} and the photos of the Debian package "
-    f"stellarium-data in {PHOTO_DIR} (apt-get install stellarium-data)",
-)
+# The photos come from a Debian package (required on CI); the labelled catalogue is team data.
+require_path(PHOTO_DIR, package="stellarium-data")
+if not CSV_FILE.is_file():
+    pytest.skip(f"needs the labelled catalogue {CSV_FILE}", allow_module_level=True)
 SPEC = InputSpec(size=32)
 # A few catalogue rows: palette with transparency (n7822, pleiades), RGB, several classes.
 PICK = {"m51-vasey.png": "train", "n7822.png": "train", "pleiades.png": "train",

@@ -42,6 +42,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         {"task_soft_time_limit_seconds": 400, "task_time_limit_seconds": 300},
         {"task_time_limit_seconds": 4000, "visibility_timeout_seconds": 3600},
         {"transient_retries": 9, "max_job_attempts": 9},
+        {"lease_seconds": 20, "lease_renew_seconds": 10},
     ],
 )
 def test_inconsistent_limits_are_refused(bad: dict) -> None:
@@ -60,7 +61,7 @@ def test_celery_app_delivers_at_least_once() -> None:
     assert conf.broker_url == "redis://127.0.0.1:1/3"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.broker_transport_options == {"visibility_timeout": 900}
+    assert conf.broker_transport_options["visibility_timeout"] == 900
     assert conf.task_default_queue == "q-test"
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.task_ignore_result

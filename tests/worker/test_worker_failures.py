@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.schemas import JobStatus
+from tests.helpers.processes import log_tail
 from tests.worker.harness import Harness, started_harness
 from tests.worker.onnx_models import publish, slow_model
 from tests.worker.payloads import png_bytes, submit_image_job
@@ -48,9 +49,13 @@ def test_a_job_whose_worker_process_is_killed_is_answered_by_the_next(
         done = harness.wait(job.id, timeout_s=90)
 
     # Acked late and rejected on worker loss: the message went back to the queue, and
-    # the replacement child answered it.
+    # the replacement child answered it at once, taking over the dead child's lease
+    # rather than waiting for it to run out.
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert done.attempts == 2
+    assert f"job:{job.id}: its holder (pid {child}) died; taking it over" in log_tail(
+        harness.log_file, 200
+    )
 
 
 def test_a_job_past_the_hard_time_limit_ends_failed(redis_url: str, tmp_path: Path) -> None:

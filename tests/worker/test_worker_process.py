@@ -52,7 +52,8 @@ def harness(worker: tuple[Harness, dict[str, Any]]) -> Harness:
 
 def test_heartbeat_says_who_serves_what(worker: tuple[Harness, dict[str, Any]]) -> None:
     harness, beat = worker
-    assert beat["served"] == {"inclination": 1}
+    assert beat["served"] == {"inclination": 1} and beat["ready"] is True
+    assert beat["refused"] == {} and beat["running"] == 0
     assert beat["queue"] == harness.prefix
     assert "CPUExecutionProvider" in beat["providers"]
     assert abs(beat["time"] - time.time()) < 30

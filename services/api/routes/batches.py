@@ -254,32 +254,40 @@ async def submit_batch(
 
     def create() -> tuple[Batch, bool]:
         resolved = resolve_tasks(registry, task_list, pins)
-        if idempotency_key:
-            idem = f"{store.prefix}:idem:batch:{idempotency_key}"
-            batch_id = new_job_id()
-            if not store.redis.set(idem, batch_id, nx=True, ex=store.ttl):
-                return store.get(store.redis.get(idem).decode()), False
-        else:
-            batch_id = new_job_id()
-        claim(request, caller, "batch", batch_id, settings.job_ttl_seconds)
-        columns, count, chunks = _ingest_source(
-            kind, source, settings=settings, store=store, batch_id=batch_id, id_column=id_column
-        )
-        batch = Batch(
-            id=batch_id,
-            tasks=resolved,
-            versions=pins,
-            id_column=id_column,
-            columns=columns,
-            chunks=chunks,
-            chunk_rows=settings.batch_chunk_rows,
-            source={"format": kind, "content_type": ctype},
-        )
-        batch.progress.total = count
-        store.create(batch)
+        batch_id = new_job_id()
+        try:
+            columns, count, chunks = _ingest_source(
+                kind, source, settings=settings, store=store, batch_id=batch_id, id_column=id_column
+            )
+            batch = Batch(
+                id=batch_id,
+                tasks=resolved,
+                versions=pins,
+                id_column=id_column,
+                columns=columns,
+                chunks=chunks,
+                chunk_rows=settings.batch_chunk_rows,
+                source={"format": kind, "content_type": ctype},
+            )
+            batch.progress.total = count
+            store.create(batch)
+            # The key is claimed only once the batch is stored: a refused request leaves
+            # it free for the corrected retry, and of two identical requests at once the
+            # first to get here wins while the other returns its batch.
+            if idempotency_key:
+                earlier = store.claim_idempotency_key(idempotency_key, batch_id)
+                if earlier is not None:
+                    store.discard(batch_id)
+                    return earlier, False
+            claim(request, caller, "batch", batch_id, settings.job_ttl_seconds)
+        except BaseException:
+            store.discard(batch_id)  # nothing of a refused batch stays in Redis
+            raise
         try:
             queue.enqueue_chunks(batch_id, chunks)
         except ServiceUnavailable:
+            if idempotency_key:
+                store.forget_idempotency_key(idempotency_key, batch_id)
             store.cancel(batch_id)
             raise
         JOBS_SUBMITTED.labels(kind="batch").inc()
