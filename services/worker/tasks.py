@@ -36,6 +36,7 @@ from shared.errors import JobNotFound, SkyserveError
 from shared.leases import chunk_unit, job_unit
 from shared.messages import PREDICT_CHUNK_TASK, PREDICT_TASK
 from shared.schemas import TERMINAL_STATUSES, Batch, Job, JobResult, JobStatus, TargetInput
+from shared.seen import seen_png
 
 __all__ = ["TRANSIENT_ERRORS", "answer_job", "predict", "predict_chunk"]
 
@@ -173,7 +174,9 @@ def answer_job(runtime: WorkerRuntime, job: Job) -> JobResult:
 
     A target's cutout is fetched with the process's provider, oriented by the
     object's position angle, and kept (``JobStore.put_seen_image``) as the image the
-    models saw; from there both kinds of job take the same bytes-to-answers path
+    models saw; an upload is kept the same way, decoded and padded to a square
+    (:func:`shared.seen.seen_png`), since the upload itself leaves Redis when the job
+    ends. From there both kinds of job take the same bytes-to-answers path
     (:mod:`services.worker.answers`) as every batch row.
 
     Parameters
@@ -208,6 +211,9 @@ def answer_job(runtime: WorkerRuntime, job: Job) -> JobResult:
         watch.lap("read_payload")
     prepared = prepare(payload, models, max_pixels=settings.max_image_pixels)
     watch.lap("preprocess")
+    if not isinstance(job.input, TargetInput):
+        runtime.store.put_seen_image(job.id, seen_png(payload, max_pixels=settings.max_image_pixels))
+        watch.lap("seen_image")
     (answers,) = answer(
         runtime.sessions.task_definitions,
         models,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from shared.registry import RegistryReader
 from tests.helpers.images import truncated_png
@@ -52,3 +55,18 @@ def test_a_truncated_upload_ends_failed_with_a_reason(stack: Stack) -> None:
     assert job["status"] == "failed"
     assert job["error"]["code"] == "invalid-image"
     assert "truncated" in job["error"]["detail"]
+
+
+def test_an_answered_upload_keeps_the_image_the_models_saw(stack: Stack) -> None:
+    # The upload leaves Redis when its job ends; the worker keeps the padded square
+    # the page shows, so the image outlives the payload.
+    png = galaxies.render_galaxy_png(70.0, seed=21)
+    job = _answer(stack, png, tasks="inclination")
+    assert job["status"] == "succeeded", job["error"]
+    store = stack.client.app.state.store
+    assert store.redis.exists(store.blob_key(job["id"])) == 0
+    seen = stack.client.get(f"/v1/jobs/{job['id']}/image")
+    assert seen.status_code == 200, seen.text
+    assert seen.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(seen.content))
+    assert image.size == (256, 256) and image.mode == "RGB"

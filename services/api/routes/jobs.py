@@ -20,7 +20,6 @@ from starlette.datastructures import UploadFile
 from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, claim
 from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
 from services.api.problems import problem_responses
-from services.api.seen import seen_png
 from services.api.submission import (
     check_versions,
     parse_task_list,
@@ -30,6 +29,7 @@ from services.api.submission import (
 )
 from shared.errors import ImageTooLarge, InvalidRequest, NoImageYet, UnsupportedMediaType
 from shared.schemas import TERMINAL_STATUSES, Job, Target
+from shared.seen import seen_png
 
 __all__ = ["router", "OPENAPI_COMPONENTS"]
 
@@ -310,6 +310,13 @@ async def get_job_image(
                 f"Job {job_id} has no evaluated image yet: a target's cutout is kept once "
                 "the worker has fetched it."
             )
+        if job.status in TERMINAL_STATUSES:
+            # The worker keeps an answered upload's image; the upload itself is gone.
+            raise NoImageYet(
+                f"Job {job_id} is {job.status.value} and kept no image: an upload's image "
+                "is kept only when the worker could read it."
+            )
+        # Still waiting: render the stored upload (the worker keeps its own once it answers).
         payload = await anyio.to_thread.run_sync(store.payload, job_id)
         png = await anyio.to_thread.run_sync(
             lambda: seen_png(payload, max_pixels=settings.max_image_pixels)

@@ -1,9 +1,11 @@
 """The image a model saw, as a PNG a person can look at.
 
-A target job's worker keeps the rotated, cropped cutout it answered on. For an upload
-the API renders the stored payload through the same decoding and square padding as
+A target job's worker keeps the rotated, cropped cutout it answered on. An upload is
+rendered through the same decoding and square padding as
 :func:`shared.preprocessing.preprocess` (FITS stretched, greyscale made RGB, padded to
-square, never stretched), at a size a page can show rather than the model's 64 px.
+square, never stretched), at a size a page can show rather than the model's 64 px: by
+the worker when it answers (the upload itself leaves Redis when its job ends), or by the
+API while the job still waits.
 """
 
 from __future__ import annotations
@@ -33,5 +35,7 @@ def seen_png(data: bytes, *, max_pixels: int, side: int = SEEN_SIDE) -> bytes:
     square = to_model_input(decode_image(data, max_pixels=max_pixels), InputSpec(size=side))
     pixels = np.clip(np.rint(square * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", optimize=True)
+    # Fast zlib settings: the worker renders this on the job's path; a 256 px square
+    # stays small either way.
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
