@@ -271,6 +271,6 @@ def test_a_bug_answers_500_and_keeps_the_connection(settings: ApiSettings) -> No
         sock = conn.sock
         conn.request("GET", "/healthz")  # the same connection, still open
         second = conn.getresponse()
-        assert second.status == 200 and json.loads(second.read()) == {"status": "ok"}
+        assert second.status == 200 and json.loads(second.read())["status"] == "ok"
         assert conn.sock is sock
         conn.close()
