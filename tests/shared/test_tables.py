@@ -14,7 +14,7 @@ from shared.tables import TABLE_FORMATS, ascii_text, build_table, table_bytes
 #: row error written with the symbols skyserve's messages use.
 NAMES = ["id", "name", "status", "error", "inclination"]
 ROWS = [
-    ["a", "Galaxié \"q\"", "succeeded", "", 61.5],
+    ["a", 'Galaxié "q"', "succeeded", "", 61.5],
     ["b", "M31", "failed", "Dec '95' is out of range: give −90 ≤ Dec ≤ +90 degrees.", None],
 ]
 
