@@ -117,6 +117,24 @@ def _refuse_a_taken_port(port: int) -> None:
     raise RuntimeError(message)
 
 
+def _refuse_a_taken_api_port(host: str, port: int) -> None:
+    """Raise before anything starts if the API could not bind ``host:port``.
+
+    Found only once uvicorn starts, a taken port would leave a Redis and a worker
+    started for nothing, and the address printed above uvicorn's error would be wrong.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(
+                f"The API cannot listen on {host}:{port} ({exc.strerror}): another skyserve "
+                "or another program has it. Set SKYSERVE_PORT to a free port (and "
+                "SKYSERVE_LOCAL_REDIS_PORT, for a second skyserve next to the first)."
+            ) from None
+
+
 def _foreign_redis(port: int, client: redis.Redis) -> str:
     """What to say about a Redis on ``port`` that this process did not start."""
     info = client.info("server")
@@ -189,6 +207,11 @@ def run(
         signal.signal(signum, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
     try:
+        try:
+            _refuse_a_taken_api_port(host, port)
+        except RuntimeError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
         redis_url = os.environ.get("SKYSERVE_REDIS_URL") or os.environ.get("REDIS_URL")
         if redis_url:
             typer.echo(f"Using Redis at {redis_url}")

@@ -345,7 +345,19 @@ class Resolver:
         """
         if isinstance(pgc, bool) or not isinstance(pgc, int) or pgc <= 0:
             raise InvalidRequest(f"A PGC number is a positive integer, got {pgc!r}.")
-        return self.resolve(f"PGC {pgc}")
+        obj = self.get(f"PGC {pgc}")
+        if obj is None:
+            # No "Did you mean": HyperLEDA numbers about three million galaxies and
+            # OpenNGC lists only those with an NGC/IC/Messier entry, so a missing number
+            # is almost never a typo, and its look-alikes (PGC 81 for PGC 1) mislead.
+            raise UnknownTarget(
+                f"PGC {pgc} is not in OpenNGC, which knows only the PGC galaxies that also "
+                "have an NGC, IC or Messier entry. Give its position instead (ra and dec), "
+                "or upload an image of it.",
+                query=f"PGC {pgc}",
+                suggestions=[],
+            )
+        return obj
 
     def get(self, name: str) -> CatalogObject | None:
         """Like :meth:`resolve`, but ``None`` instead of an error (and no suggestions)."""

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "format_for_path",
     "build_table",
     "table_bytes",
+    "ascii_text",
 ]
 
 #: Every format a table can be written in, in the order the docs list them.
@@ -61,6 +63,11 @@ _BY_SUFFIX = {
     ".pq": "parquet",
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_]")
+#: Spellings of the symbols skyserve's own messages use, for FITS (ASCII only).
+_ASCII_SPELLINGS = str.maketrans(
+    {"−": "-", "–": "-", "—": "-", "≤": "<=", "≥": ">=", "×": "x", "±": "+/-", "°": " deg",
+     "′": "'", "″": '"', "‘": "'", "’": "'", "“": '"', "”": '"', "…": "...", "→": "->"}
+)  # fmt: skip
 
 
 def format_for_path(path: str | Path) -> str:
@@ -186,6 +193,41 @@ def _safe_names(table: Any) -> Any:
     return out
 
 
+def ascii_text(text: str) -> str:
+    """``text`` in ASCII: symbols spelled out, accents dropped, anything else ``?``.
+
+    FITS tables and headers hold ASCII only; a user's ``Sérsic`` or an error saying
+    ``−90 ≤ Dec`` would otherwise stop the whole table from being written.
+    """
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text.translate(_ASCII_SPELLINGS))
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return bare.encode("ascii", "replace").decode("ascii")
+
+
+def _ascii_table(table: Any) -> Any:
+    """A copy of ``table`` whose text columns and metadata are ASCII (see :func:`ascii_text`)."""
+    import numpy as np
+    from astropy.table import MaskedColumn
+
+    out = table.copy(copy_data=False)
+    for name in out.colnames:
+        col = out[name]
+        if col.dtype.kind != "U":
+            continue
+        values = [ascii_text(str(v)) for v in np.asarray(col)]
+        if values == [str(v) for v in np.asarray(col)]:
+            continue
+        new = MaskedColumn(values or np.array([], "U1"), name=name, mask=getattr(col, "mask", None))
+        new.unit, new.description = col.unit, col.description
+        out.replace_column(name, new)
+    out.meta = {
+        ascii_text(str(k)): ascii_text(v) if isinstance(v, str) else v for k, v in out.meta.items()
+    }
+    return out
+
+
 def _json_value(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
@@ -231,7 +273,8 @@ def table_bytes(table: Any, fmt: str) -> bytes:
         return buffer.getvalue().encode()
     if fmt in ("fits", "votable"):
         binary = io.BytesIO()
-        _safe_names(table).write(binary, format=fmt)
+        safe = _safe_names(table)
+        (_ascii_table(safe) if fmt == "fits" else safe).write(binary, format=fmt)
         return binary.getvalue()
     if fmt == "parquet":
         return _parquet(table)

@@ -5,16 +5,21 @@
     skyserve-admin keys revoke 3f2a9c1b7d4e
 
 Reads ``SKYSERVE_REDIS_URL`` (or ``REDIS_URL``) and ``SKYSERVE_KEY_PREFIX`` like the
-services. In the compose deployment: ``docker compose exec api skyserve-admin keys …``.
+services, and says which Redis it used: next to ``make run`` (whose embedded Redis is on
+``SKYSERVE_LOCAL_REDIS_PORT``, 6390) that is ``SKYSERVE_REDIS_URL=redis://127.0.0.1:6390/0``.
+In the compose deployment (the images have no console scripts):
+``docker compose exec api python -m services.admin keys …``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import redis
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared.apikeys import SCOPES, KeyStore
@@ -26,12 +31,32 @@ app = typer.Typer(add_completion=False, help="Operator commands for a skyserve d
 keys_app = typer.Typer(add_completion=False, help="Create, list and revoke API keys.")
 app.add_typer(keys_app, name="keys")
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _store() -> tuple[KeyStore, redis.Redis]:
+    """The key store in the configured Redis, once it answers (else exit 1, saying which)."""
     settings = SkyserveSettings()
+    where = f"{_without_password(settings.redis_url)} (key prefix {settings.key_prefix!r})"
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        err_console.print(
+            f"[red]Error:[/] cannot reach Redis at {escape(where)}: {escape(str(exc))}\n"
+            "Set SKYSERVE_REDIS_URL to the deployment's Redis (next to `make run`: "
+            "redis://127.0.0.1:6390/0, or the port in SKYSERVE_LOCAL_REDIS_PORT)."
+        )
+        raise typer.Exit(1) from None
+    # Keys are per Redis and prefix: one written elsewhere is never seen by the API.
+    err_console.print(f"Redis: {escape(where)}")
     return KeyStore(client, prefix=settings.key_prefix), client
+
+
+def _without_password(url: str) -> str:
+    """``redis://:secret@host/0`` → ``redis://:***@host/0``: URLs are printed."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 @keys_app.command("create")

@@ -42,6 +42,21 @@ is an `application/problem+json` document that says what was wrong.
 """
 
 
+def _json_server_logs() -> None:
+    """Route uvicorn's own log lines through skyserve's JSON handler.
+
+    uvicorn writes plain text through handlers of its own, which would break "one JSON
+    object per line" for log shippers; its access line is dropped, as skyserve.access
+    logs every request already, with its request id. (The two lines uvicorn prints
+    before the app starts stay text: nothing of the app runs yet.)
+    """
+    for name in ("uvicorn", "uvicorn.error"):
+        server = logging.getLogger(name)
+        server.handlers.clear()
+        server.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API.
 
@@ -55,6 +70,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_format, settings.log_level)
+        if settings.log_format == "json":
+            _json_server_logs()
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
         )

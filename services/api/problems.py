@@ -89,7 +89,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            {"loc": list(e.get("loc", ())), "msg": _readable(e), "type": e.get("type", "")}
             for e in exc.errors()
         ]
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
@@ -175,6 +175,24 @@ class CatchAllMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+#: Path ids by name: what a malformed one is, in words instead of a regular expression.
+_ID_NAMES = {"job_id": ("job", "POST /v1/jobs"), "batch_id": ("batch", "POST /v1/batches")}
+
+
+def _readable(error: Any) -> str:
+    """A validation message a person can act on (ids are not explained by their regex)."""
+    loc = tuple(error.get("loc", ()))
+    pattern = error.get("type") == "string_pattern_mismatch"
+    if pattern and loc[:1] == ("path",) and loc[-1] in _ID_NAMES:
+        what, where = _ID_NAMES[str(loc[-1])]
+        given = str(error.get("input", ""))[:40]
+        return (
+            f"{given!r} is not a {what} id: ids are 32 lowercase hexadecimal characters, "
+            f"as {where} returned them"
+        )
+    return str(error.get("msg", ""))
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -17,8 +17,9 @@ __all__ = ["app", "ExitCode"]
 
 
 HELP = """\
-Ask skyserve about sky images: a spiral galaxy's inclination, whether a person would
-reject the image, morphology, object type — with ensembles and honest uncertainties.
+Ask skyserve about sky images: a spiral galaxy's inclination, whether a
+person would reject the image, morphology, object type — with ensembles
+and honest uncertainties.
 
 [bold]Examples[/bold]
 
@@ -29,19 +30,21 @@ reject the image, morphology, object type — with ensembles and honest uncertai
   skyserve batch catalog.csv --out results.votable
   skyserve tasks
 
-[bold]Output files[/bold] (--out): the extension picks the format — .csv, .json, .ecsv,
-.fits (binary table), .vot/.votable (VOTable) or .parquet.
+[bold]Output files[/bold] (--out): the extension picks the format — .csv,
+.json, .ecsv, .fits (binary table), .vot/.votable (VOTable) or .parquet.
 
-Set the server with [bold]--url[/bold] or SKYSERVE_URL (default http://127.0.0.1:8000), the key with
-[bold]--api-key[/bold] or SKYSERVE_API_KEY. Progress and errors go to stderr; tables and
---json output to stdout.
+Set the server with [bold]--url[/bold] or SKYSERVE_URL (default
+http://127.0.0.1:8000), the key with [bold]--api-key[/bold] or SKYSERVE_API_KEY.
+Progress and errors go to stderr; tables and --json output to stdout.
 
 [bold]Exit codes[/bold]
 
     0  success
-    1  a job or batch failed, or some batch rows failed (unless --allow-failures)
+    1  a job or batch failed, or some batch rows failed
+       (unless --allow-failures)
     2  usage error (bad options or arguments)
-    3  the API refused the request (4xx: unknown task, not an image, unknown target, …)
+    3  the API refused the request (4xx: unknown task, not an image,
+       unknown target, …)
     4  the server is unavailable (5xx, not ready, or cannot be reached)
     5  timed out waiting (the job or batch keeps running on the server)
   130  interrupted with Ctrl-C (likewise)

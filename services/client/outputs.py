@@ -3,8 +3,10 @@
 ``.csv`` and ``.json`` are what they always were (one CSV row per input and task; the
 full job records as JSON). ``.ecsv``, ``.fits`` (a binary table), ``.vot``/``.votable``
 /``.xml`` (VOTable) and ``.parquet`` hold the CSV's rows as a typed table: ``value`` is
-the numeric headline (a regression's median, a classifier's top probability), ``class``
-the top class of a classifier, ``stdev`` the ensemble spread, with units. An unknown
+the numeric headline (a regression's median, a classifier's top probability, a
+multilabel task's first-label probability, a decision tree's likeliest first answer's
+vote fraction), ``class`` the top class of a classifier or that answer of a decision
+tree, ``stdev`` the ensemble spread, with units. An unknown
 extension is refused before anything is submitted, never written as JSON in disguise.
 """
 
@@ -40,7 +42,7 @@ def out_format(path: Path) -> str:
 def _table_row(row: dict[str, object], units: dict[str, str]) -> list[object]:
     value = row.get("value")
     label = ""
-    if isinstance(value, str):  # a classifier's top class; its probability is the value
+    if isinstance(value, str):  # a class or tree answer; its probability is the value
         label, value = value, row.get("probability")
     unit = units.get(str(row.get("task")), "")
     return [
@@ -82,8 +84,9 @@ def write_outcomes(path: Path, outcomes: Sequence[ImageOutcome]) -> str:
         [_table_row(row, units) for row in rows],
         keep_text=["input", "job", "status", "task", "class", "unit", "error"],
         descriptions={
-            "value": "headline answer: median (regression) or probability (classifiers)",
-            "class": "most probable class (classification tasks)",
+            "value": "headline answer: median (regression), probability (classifiers) or "
+            "vote fraction (decision trees)",
+            "class": "most probable class, or a decision tree's likeliest first answer",
             "stdev": "standard deviation over ensemble members",
         },
         meta={"source": "skyserve predict/target"},

@@ -25,6 +25,7 @@ from shared.schemas import Batch, Job, JobStatus, TaskResult
 __all__ = [
     "ImageOutcome",
     "format_value",
+    "headline_answer",
     "outcome_rows",
     "results_table",
     "submitted_table",
@@ -59,6 +60,13 @@ def cutout_hint(problem: Any) -> str | None:
         setting = (
             "set SKYSERVE_CUTOUT_PROVIDER (sdss, legacy, http with "
             "SKYSERVE_CUTOUT_URL_TEMPLATE, or local with SKYSERVE_CUTOUT_ARCHIVE_DIR)"
+        )
+    elif "connection failed" in lowered or "cannot resolve" in lowered:
+        # Waiting longer does not help a machine that cannot reach the survey at all.
+        setting = (
+            "let the worker reach the survey (is it offline?), point SKYSERVE_CUTOUT_PROVIDER "
+            "/ SKYSERVE_CUTOUT_URL_TEMPLATE at a survey it can reach, or serve cutouts from "
+            "a folder (SKYSERVE_CUTOUT_PROVIDER=local, SKYSERVE_CUTOUT_ARCHIVE_DIR)"
         )
     else:
         setting = (
@@ -95,9 +103,36 @@ class ImageOutcome:
         }
 
 
+def headline_answer(result: TaskResult) -> tuple[str, float] | None:
+    """A decision tree's headline: the first question's likeliest answer and its fraction."""
+    if not result.questions:
+        return None
+    first = next(iter(result.questions.values()))
+    if not first.fractions:
+        return None
+    return max(first.fractions.items(), key=lambda item: item[1])
+
+
 def format_value(result: TaskResult) -> str:
-    """The headline answer: ``42.10 ± 1.30 deg``, ``spiral (p=0.87)`` or a probability."""
+    """The headline answer, readably.
+
+    ``42.10 ± 1.30 deg`` (regression: median ± ensemble spread), ``galaxy (p=0.87)``
+    (classification), ``reject p=0.96: face_on 0.99`` (multilabel: the first label's
+    probability, then the other labels at 0.5 or more), ``featured-or-disk 0.68
+    (smooth-or-featured)`` (vote tree: the first question's likeliest answer).
+    """
     unit = f" {result.unit}" if result.unit else ""
+    if result.kind == "vote_tree":
+        top = headline_answer(result)
+        if top is None:
+            return "—"
+        question = next(iter(result.questions or {}))
+        return f"{top[0]} {top[1]:.2f} ({question})"
+    if result.kind == "multilabel" and result.probabilities and isinstance(result.value, float):
+        head, *others = result.probabilities
+        likely = [f"{label} {result.probabilities[label]:.2f}" for label in others
+                  if result.probabilities[label] >= 0.5]  # fmt: skip
+        return f"{head} p={result.value:.2f}" + (f": {', '.join(likely)}" if likely else "")
     if isinstance(result.value, str):
         p = (result.probabilities or {}).get(result.value)
         return result.value if p is None else f"{result.value} (p={p:.2f})"
@@ -148,14 +183,22 @@ def outcome_rows(outcomes: Sequence[ImageOutcome]) -> Iterable[dict[str, Any]]:
             continue
         for task, result in job.result.tasks.items():
             stdev = (result.summary or {}).get("stdev")
+            value = result.value
+            # A decision tree has no single value: its headline is the first question's
+            # likeliest answer, given like a classifier's class (its fraction alongside).
+            top = headline_answer(result) if result.kind == "vote_tree" else None
+            if top is not None:
+                value = top[0]
             probability = (
-                (result.probabilities or {}).get(result.value)
+                top[1]
+                if top is not None
+                else (result.probabilities or {}).get(result.value)
                 if isinstance(result.value, str)
                 else None
             )
             yield base | {
                 "task": task,
-                "value": result.value,
+                "value": value,
                 "probability": probability,
                 "stdev": stdev,
                 "label": format_value(result),
@@ -252,10 +295,14 @@ def print_problem(console: Console, exc: SkyserveAPIError) -> None:
         if values:
             console.print(f"  {label}: {escape(', '.join(map(str, values)))}")
     errors = exc.problem.get("errors")
+    detail = str(exc.problem.get("detail") or "")
     if isinstance(errors, list):
         for err in errors[:5]:
+            message = str(err.get("msg", ""))
+            if message and message.rstrip(".") in detail:
+                continue  # the detail already said it
             where = ".".join(map(str, err.get("loc", [])))
-            console.print(f"  • {escape(where)}: {escape(str(err.get('msg', '')))}")
+            console.print(f"  • {escape(where)}: {escape(message)}")
 
 
 class BatchProgress:

@@ -274,3 +274,15 @@ def test_a_bug_answers_500_and_keeps_the_connection(settings: ApiSettings) -> No
         assert second.status == 200 and json.loads(second.read())["status"] == "ok"
         assert conn.sock is sock
         conn.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "what"),
+    [("/v1/jobs/nosuch", "job"), ("/v1/batches/ABC", "batch"), ("/v1/batches/x/results", "batch")],
+)
+def test_a_malformed_id_is_explained_in_words(client: TestClient, path: str, what: str) -> None:
+    resp = client.get(path)
+    assert resp.status_code == 422
+    detail = resp.json()["detail"]
+    assert f"is not a {what} id: ids are 32 lowercase hexadecimal characters" in detail, detail
+    assert "should match pattern" not in detail

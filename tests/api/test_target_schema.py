@@ -41,6 +41,7 @@ def test_more_ways_to_name_andromeda(client: TestClient, target: dict) -> None:
         ({"target": {"coordinates": "somewhere nice"}}, "coordinate"),
         ({"target": {"name": "\u0000"}}, "target.name"),
         ({"target": {"name": "M31", "fov_arcmin": 0}}, "fov_arcmin"),
+        ({"target": {"ra": 200, "dec": 95}}, "give −90 ≤ Dec ≤ +90 degrees."),
     ],
 )
 def test_junk_and_mixtures_are_clear_422s(client: TestClient, body: dict, says: str) -> None:
@@ -49,6 +50,7 @@ def test_junk_and_mixtures_are_clear_422s(client: TestClient, body: dict, says: 
     assert resp.headers["content-type"] == PROBLEM
     problem = resp.json()
     assert says in problem["detail"], problem["detail"]
+    assert ".." not in problem["detail"], problem["detail"]  # one full stop, not two
     assert problem["errors"] and all(e["loc"][0] == "target" for e in problem["errors"])
 
 

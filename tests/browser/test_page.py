@@ -388,3 +388,45 @@ def test_page_works_under_a_proxy_sub_path(page: Any, proxied: Any, tmp_path: Pa
     assert httpx.get(f"{proxied.url}/v1/tasks", timeout=10).status_code == 404  # only /skyserve/
     page.goto(f"{proxied.url}/skyserve/docs")
     page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+
+
+def test_a_suggested_name_is_one_click_away(page: Any, system: RunningSystem) -> None:
+    _open(page, system)
+    page.get_by_label("Name", exact=True).check()
+    page.get_by_label("Object name").fill("Andromeda Galxy")
+    page.get_by_label("Object name").press("Enter")
+    typo = _finished_card(page)
+    assert "No catalogued object" in typo.inner_text()
+    # Sending the same typo again cannot help: no "Try again", the suggestion instead.
+    assert typo.get_by_role("button", name="Try again").count() == 0
+    typo.get_by_role("button", name="Andromeda Galaxy").click()
+    looked_up = page.locator(CARDS).first
+    looked_up.locator(".pill.succeeded, .pill.failed").wait_for(timeout=60_000)
+    assert "NGC0224" in looked_up.locator(".object").inner_text()
+
+
+def test_a_catalogued_nebula_gets_a_caveat_and_a_tree_names_its_parents(
+    page: Any, system: RunningSystem
+) -> None:
+    _open(page, system)
+    page.get_by_label("Name", exact=True).check()
+    page.get_by_label("Object name").fill("M42")  # OpenNGC: Cl+N, a star cluster + nebula
+    page.get_by_label("Object name").press("Enter")
+    card = _finished_card(page)
+    assert card.get_attribute("aria-busy") == "false"
+    assert "catalogued as Star cluster + Nebula, not a galaxy" in card.locator(".caveats").inner_text()
+    reach = card.locator("[data-task=morphology] .question .reach").all_inner_texts()
+    assert any("after “disk edge on: no”" in text for text in reach), reach
+
+
+def test_model_card_metrics_show_every_value(page: Any, system: RunningSystem) -> None:
+    page.goto(f"{system.url}/#/models/morphology/2")
+    page.wait_for_selector("#mc-members")
+    table = page.locator("[aria-label='Held-out metrics']")
+    text = table.inner_text()
+    assert "Vote fraction MAE" in text and "Held-out images" in text
+    # Long definitions wrap instead of pushing the numbers out of the visible table.
+    box = table.bounding_box()
+    for cell in table.locator("td.num").all():
+        cell_box = cell.bounding_box()
+        assert cell_box["x"] + cell_box["width"] <= box["x"] + box["width"] + 1, cell.inner_text()

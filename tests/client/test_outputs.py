@@ -106,6 +106,19 @@ def test_predict_out_writes_a_real_table(
     assert str(table["unit"][0]) == "deg"
 
 
+def test_a_non_ascii_file_name_still_makes_a_fits_table(
+    cli, worker: StandInWorker, tmp_path: Path
+) -> None:
+    image = tmp_path / "galaxié ñ.png"  # FITS text is ASCII; the name must not crash it
+    image.write_bytes(png_bytes(40, seed=2))
+    out = tmp_path / "answers.fits"
+    result = cli("predict", str(image), "--task", "inclination", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    table = Table.read(out)
+    assert table["input"][0].endswith("galaxie n.png")
+    assert table["value"][0] == pytest.approx(VALUE)
+
+
 def test_target_out_writes_fits_too(cli, worker: StandInWorker, tmp_path: Path) -> None:
     out = tmp_path / "m33.fits"
     assert cli("target", "M33", "--out", str(out)).exit_code == 0

@@ -67,6 +67,27 @@ def test_it_refuses_a_redis_it_did_not_start(foreign_redis: int, tmp_path: Path)
     assert "SKYSERVE_LOCAL_REDIS_PORT" in text and "Started a worker" not in text
 
 
+def test_it_refuses_a_taken_api_port_before_starting_anything(tmp_path: Path) -> None:
+    import socket
+
+    log = tmp_path / "local.log"
+    with socket.socket() as taken:  # another skyserve's API, say
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = local_env(
+            tmp_path, SKYSERVE_LOCAL_REDIS_PORT=str(free_port()), SKYSERVE_PORT=str(port)
+        )
+        proc = skyserve_local(env, log)
+        try:
+            assert proc.wait(60) == 1
+        finally:
+            kill_family(proc, process_tree(proc.pid))
+    text = log.read_text()
+    assert f"The API cannot listen on 127.0.0.1:{port}" in text and "SKYSERVE_PORT" in text
+    assert "Started embedded Redis" not in text and "Started a worker" not in text
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_api_the_worker_and_redis(tmp_path: Path) -> None:
     models = tmp_path / "models"

@@ -129,6 +129,16 @@ def test_unknown_catalog_number_suggests_numbers_of_that_catalog(resolver: Resol
     assert 0 < len(suggestions) <= 5 and all(s.startswith("NGC ") for s in suggestions)
 
 
+def test_an_unlisted_pgc_number_says_to_give_a_position_not_look_alikes(
+    resolver: Resolver,
+) -> None:
+    with pytest.raises(UnknownTarget) as info:
+        resolver.resolve_pgc(99_999_999)
+    assert info.value.extra["suggestions"] == []
+    assert "PGC 99999999 is not in OpenNGC" in info.value.detail
+    assert "ra and dec" in info.value.detail and "Did you mean" not in info.value.detail
+
+
 def test_nonsense_gives_no_suggestions_and_empty_is_invalid(resolver: Resolver) -> None:
     with pytest.raises(UnknownTarget) as info:
         resolver.resolve("qqqqqqq")

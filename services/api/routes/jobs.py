@@ -215,8 +215,10 @@ def _message(msg: str) -> str:
 
 
 def _validation_text(exc: ValidationError) -> str:
+    # Without their own full stops: the caller ends the sentence ("degrees.." otherwise).
     return "; ".join(
-        f"{'.'.join(map(str, _location(e['loc'])))}: {_message(e['msg'])}" for e in exc.errors()
+        f"{'.'.join(map(str, _location(e['loc'])))}: {_message(e['msg']).rstrip('.')}"
+        for e in exc.errors()
     )
 
 

@@ -175,10 +175,10 @@ def batch(
     [bold]Examples[/bold]
 
       skyserve batch catalog.csv --task inclination --out results.csv
-      skyserve batch catalog.csv --out results.fits     # FITS binary table (.ecsv, .vot, .parquet too)
+      skyserve batch catalog.csv --out results.fits   # or .ecsv .vot .parquet
       skyserve batch galaxies.zip --format json --out results.json
       skyserve batch catalog.csv --no-wait          # prints the batch id
-      skyserve batch catalog.csv --allow-failures   # exit 0 even if some rows failed
+      skyserve batch catalog.csv --allow-failures   # exit 0 despite failed rows
 
     A batch in which any row failed exits with code 1 unless --allow-failures.
     """
@@ -241,7 +241,7 @@ def batch_results(
 
       skyserve batch-results 3f2c… --out results.csv
       skyserve batch-results 3f2c… --out results.parquet
-      skyserve batch-results 3f2c… --no-wait --format json   # the rows done so far
+      skyserve batch-results 3f2c… --no-wait --format json   # rows done so far
 
     Exit codes as for 'skyserve batch'.
     """

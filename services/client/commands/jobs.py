@@ -148,7 +148,7 @@ def predict(
       skyserve predict *.png --task inclination --out answers.csv
       skyserve predict galaxy.fits --out answers.fits   # a FITS binary table
       skyserve predict galaxy.fits --json | jq '.[0].job.result.tasks'
-      skyserve predict big.png --no-wait        # prints the job id; see 'skyserve job'
+      skyserve predict big.png --no-wait   # prints the job id ('skyserve job')
 
     An image the API refuses is reported and the others still run (exit code 3).
     """

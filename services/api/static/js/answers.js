@@ -174,7 +174,9 @@ function voteTree(result, def) {
     const top = Object.entries(r.fractions).sort((a, b) => b[1] - a[1])[0]?.[0];
     const reached = r.reached;
     const depth = Math.min(depthOf(q, byName), 3);
-    const after = q.depends_on ? `after “${words(q.depends_on.split(":")[1])}”` : "asked first";
+    // "after “no”" alone does not say to what: name the question the answer belongs to.
+    const [parent, answer] = (q.depends_on || "").split(":");
+    const after = q.depends_on ? `after “${words(parent)}: ${words(answer)}”` : "asked first";
     nodes.push(h("div", { class: `question depth-${depth}${reached < 0.5 ? " unreached" : ""}` },
       h("p", { class: "q" }, q.text || words(q.name), " ",
         h("span", { class: "reach" }, `${after} · reached ${pct(reached)}${reached < 0.5 ? " (rarely reached)" : ""}`)),
@@ -219,6 +221,15 @@ export function caveats(job, defs) {
     if (t.applicable === false) {
       out.push({ level: "bad", title: `${name(t)}: not applicable here`, text: t.reason || t.applicable_reason || "The service flagged this answer as not meaningful for this image." });
     }
+  }
+  // The catalogue's own type of a looked-up object (OpenNGC: G galaxy, GGroup, GPair…).
+  const resolved = job.input?.resolved;
+  if (incl && resolved?.type && !/^G(Pair|Trpl|Group)?$/.test(resolved.type)) {
+    out.push({
+      level: "warn",
+      title: `${resolved.name} is catalogued as ${resolved.type_name || resolved.type}, not a galaxy`,
+      text: `An inclination only means something for a disk galaxy, so treat the ${num(incl.value)}${unitText(incl.unit)} below with suspicion.`,
+    });
   }
   if (incl) {
     if (objectType && objectType.value && objectType.value !== "galaxy") {

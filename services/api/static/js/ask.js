@@ -115,6 +115,16 @@ export function initAsk() {
     submitTarget(results, made.target, tasks, made.label);
   });
 
+  // A "Did you mean" suggestion on a card asks about that name, as if typed.
+  document.addEventListener("skyserve:look-up", (e) => {
+    if (location.hash.replace(/^#\/?/, "")) location.hash = "#/";
+    const radio = form.querySelector("input[name=way][value=name]");
+    radio.checked = true;
+    showWay("name");
+    form.querySelector("#name").value = e.detail.name;
+    form.requestSubmit();
+  });
+
   document.getElementById("clear-results").addEventListener("click", () => {
     for (const card of results.querySelectorAll(".result")) card.dispatchEvent(new Event("discard"));
     results.replaceChildren();

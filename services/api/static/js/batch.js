@@ -139,11 +139,12 @@ export async function showBatch(view, batchId) {
   const status = h("span", { class: "pill queued" }, "…");
   const after = h("div", {});
   const downloadNote = h("p", { class: "sub" }, "Download the rows answered so far:");
+  const links = downloads(batchId);
   fill(view,
     h("p", {}, h("a", { href: "#/batch" }, "← Run another catalog")),
     h("article", { class: "result", "data-batch": batchId },
       h("header", {}, h("h1", { id: "batch-title", style: { fontSize: "1.3rem", margin: 0 } }, "Catalog"), status, h("span", { class: "meta" }, "batch ", h("code", {}, batchId.slice(0, 8)))),
-      h("div", { style: { padding: "1rem 1.2rem" } }, label, bar, stats, downloadNote, downloads(batchId), after)));
+      h("div", { style: { padding: "1rem 1.2rem" } }, label, bar, stats, downloadNote, links, after)));
   let failures = 0;
   let announced = false;
   while (following === batchId) {
@@ -155,7 +156,12 @@ export async function showBatch(view, batchId) {
     } catch (err) {
       failures += 1;
       if ((err.status && err.status < 500) || failures >= 6) {
-        fill(after, problemBox(err, "Cannot read this batch"), h("p", {}, h("button", { class: "button small", type: "button", onclick: () => showBatch(view, batchId) }, "Try again")));
+        // Nothing to follow or download: no bar, no links that would only 404.
+        for (const gone of [label, bar, stats, downloadNote, links]) gone.remove();
+        // A missing batch stays missing; a lost connection, a busy server or a key
+        // entered since may do better on a second try.
+        const retryable = !err.status || err.status >= 500 || [401, 403, 429].includes(err.status);
+        fill(after, problemBox(err, "Cannot read this batch"), retryable ? h("p", {}, h("button", { class: "button small", type: "button", onclick: () => showBatch(view, batchId) }, "Try again")) : null);
         status.className = "pill error"; status.textContent = "error";
         return;
       }

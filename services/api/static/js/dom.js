@@ -63,7 +63,8 @@ export function sentence(name) {
 
 /** RA in degrees → 00h42m44.3s. */
 export function hms(deg) {
-  let s = ((deg % 360) + 360) % 360 / 15 * 3600;
+  // Round first, so 59.96 s shows as the next minute, never as "60.0s".
+  let s = Math.round(((deg % 360) + 360) % 360 / 15 * 36000) / 10 % 86400;
   const hh = Math.floor(s / 3600); s -= hh * 3600;
   const mm = Math.floor(s / 60); s -= mm * 60;
   return `${String(hh).padStart(2, "0")}h${String(mm).padStart(2, "0")}m${s.toFixed(1).padStart(4, "0")}s`;
@@ -72,7 +73,7 @@ export function hms(deg) {
 /** Dec in degrees → +41°16′09″. */
 export function dms(deg) {
   const sign = deg < 0 ? "−" : "+";
-  let s = Math.abs(deg) * 3600;
+  let s = Math.round(Math.abs(deg) * 3600);  // whole arcseconds: never "60″"
   const dd = Math.floor(s / 3600); s -= dd * 3600;
   const mm = Math.floor(s / 60); s -= mm * 60;
   return `${sign}${String(dd).padStart(2, "0")}°${String(mm).padStart(2, "0")}′${s.toFixed(0).padStart(2, "0")}″`;

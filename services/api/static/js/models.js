@@ -53,11 +53,33 @@ function metricText(value) {
   return num(value, 4);
 }
 
+// Metric names as the trainer writes them (rms_deg, n_val) → words a reader knows.
+const METRIC_LABELS = {
+  n: "held-out images",
+  n_test: "held-out test images",
+  n_val: "validation images",
+  n_train: "training images",
+  within_5deg: "share within 5°",
+  bias_m: "bias correction: slope m",
+  bias_b: "bias correction: offset b (°)",
+  parity_max_abs_diff: "ONNX export vs. Keras: largest difference",
+  mc_samples: "MC dropout samples",
+};
+const METRIC_WORDS = { rms: "RMS", mae: "MAE", nll: "NLL", f1: "F1", val: "validation", deg: "(°)", q0: "q₀" };
+
+/** rms_deg → "RMS (°)", val_rms_deg → "Validation RMS (°)", n_val → "Validation images". */
+export function metricLabel(key) {
+  const text = (METRIC_LABELS[key] || key.split("_").map((w) => METRIC_WORDS[w] || w).join(" "))
+    .replace(/ \(°\)(.+)$/, "$1 (°)"); // "MAE (°) uncalibrated" → "MAE uncalibrated (°)"
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 function scalarRows(metrics) {
+  // [label, value, kind]: numbers line up on the right; sentences (definitions) wrap.
   const rows = [];
   for (const [key, value] of Object.entries(metrics || {})) {
-    if (typeof value === "number") rows.push([words(key), metricText(value)]);
-    else if (typeof value === "string" && value.length < 160) rows.push([words(key), value]);
+    if (typeof value === "number") rows.push([metricLabel(key), metricText(value), "num"]);
+    else if (typeof value === "string" && value.length < 400) rows.push([metricLabel(key), value, "wrap"]);
   }
   return rows;
 }
@@ -69,8 +91,8 @@ function nestedTables(metrics) {
     if (value && typeof value === "object" && !Array.isArray(value)) {
       const entries = Object.entries(value).filter(([, v]) => typeof v === "number" || v === null);
       if (entries.length >= 2 && entries.length === Object.keys(value).length) {
-        out.push(h("details", { class: "more" }, h("summary", {}, sentence(key)),
-          h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": sentence(key) },
+        out.push(h("details", { class: "more" }, h("summary", {}, metricLabel(key)),
+          h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": metricLabel(key) },
             h("table", {}, h("tbody", {}, entries.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, words(k)), h("td", { class: "num" }, v === null ? "–" : metricText(v)))))))));
       }
     }
@@ -78,16 +100,27 @@ function nestedTables(metrics) {
   return out;
 }
 
+function factText(value, key = "") {
+  // Seeds are names, not quantities: 1000003, not 1,000,003.
+  return typeof value === "number" && !/seed/.test(key) ? metricText(value) : String(value);
+}
+
 function factsList(data) {
   const items = [];
   for (const [key, value] of Object.entries(data || {})) {
     if (value === null || value === undefined) continue;
-    if (typeof value === "object") {
+    if (Array.isArray(value)) {
+      // [45, 90] is a range, not an object with keys 0 and 1.
+      const flat = value.filter((v) => ["string", "number", "boolean"].includes(typeof v));
+      if (!flat.length) continue;
+      const joiner = flat.length === 2 && /range|size/.test(key) ? "–" : ", ";
+      items.push(h("dt", {}, metricLabel(key)), h("dd", {}, flat.slice(0, 24).map((v) => factText(v, key)).join(joiner)));
+    } else if (typeof value === "object") {
       const flat = Object.entries(value).filter(([, v]) => ["string", "number", "boolean"].includes(typeof v));
       if (!flat.length) continue;
-      items.push(h("dt", {}, sentence(key)), h("dd", {}, flat.slice(0, 12).map(([k, v]) => `${words(k)}: ${v}`).join(" · ")));
+      items.push(h("dt", {}, metricLabel(key)), h("dd", {}, flat.slice(0, 12).map(([k, v]) => `${words(k)}: ${factText(v, key)}`).join(" · ")));
     } else {
-      items.push(h("dt", {}, sentence(key)), h("dd", {}, String(value)));
+      items.push(h("dt", {}, metricLabel(key)), h("dd", {}, factText(value, key)));
     }
   }
   return h("dl", { class: "facts" }, items);
@@ -132,7 +165,7 @@ export async function showModelCard(view, task, version) {
       h("section", { "aria-labelledby": "mc-metrics" }, h("h2", { id: "mc-metrics" }, "Held-out metrics"),
         metric ? h("p", { class: "headline" }, metric, h("span", { class: "pm" }, ` ${what}`)) : null,
         h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Held-out metrics" },
-          h("table", {}, h("tbody", {}, scalarRows(card.metrics).map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "num" }, v)))))),
+          h("table", {}, h("tbody", {}, scalarRows(card.metrics).map(([k, v, kind]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: kind }, v)))))),
         nestedTables(card.metrics)),
       plots.length ? h("section", { "aria-labelledby": "mc-plots" }, h("h2", { id: "mc-plots" }, "Evaluation plots"),
         h("div", { class: "plots" }, plots.map((f) => h("figure", {},
@@ -144,7 +177,7 @@ export async function showModelCard(view, task, version) {
       h("section", { "aria-labelledby": "mc-members" }, h("h2", { id: "mc-members" }, "Ensemble members"),
         h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Ensemble members" },
           h("table", {},
-            h("thead", {}, h("tr", {}, ["member", "architecture", "parameters", "training subset"].map((c) => h("th", { scope: "col" }, c)))),
+            h("thead", {}, h("tr", {}, ["member", "architecture", "parameters", "training subset"].map((c, i) => h("th", { scope: "col", class: i > 1 ? "num" : null }, c)))),
             h("tbody", {}, card.members.map((m) => h("tr", {}, h("th", { scope: "row" }, m.name), h("td", {}, m.architecture), h("td", { class: "num" }, m.params ? m.params.toLocaleString("en") : "–"), h("td", { class: "num" }, m.subset_fraction ? `${Math.round(m.subset_fraction * 100)} %` : "all"))))))),
       h("section", { "aria-labelledby": "mc-license" }, h("h2", { id: "mc-license" }, "Licence and citation"),
         h("p", {}, card.license || "No licence recorded."),

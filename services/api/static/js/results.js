@@ -25,7 +25,24 @@ function cutoutHint(problem) {
   if (code === "host-not-allowed") setting = "add the host to SKYSERVE_CUTOUT_ALLOWED_HOSTS";
   else if (detail.includes("local archive")) setting = "put the image in SKYSERVE_CUTOUT_ARCHIVE_DIR";
   else if (detail.includes("no cutout service") || detail.includes("configured")) setting = "set SKYSERVE_CUTOUT_PROVIDER (sdss, legacy, http or local)";
+  // Waiting longer does not help a server that cannot reach the survey at all.
+  else if (detail.includes("connection failed") || detail.includes("cannot resolve")) setting = "let it reach the survey (is it offline?), point SKYSERVE_CUTOUT_PROVIDER / SKYSERVE_CUTOUT_URL_TEMPLATE at one it can reach, or serve cutouts from a folder (SKYSERVE_CUTOUT_PROVIDER=local)";
   return `The server could not get an image of this object. Whoever runs it can ${setting}. Meanwhile, upload an image of it instead.`;
+}
+
+/** What a person on this page does about a missing or weak key. */
+function keyHint(status) {
+  if (status !== 401 && status !== 403) return null;
+  const box = document.querySelector("details.apikey");
+  if (box) box.open = true;
+  return status === 401
+    ? "On this page: enter your key under “API key” at the bottom, then try again."
+    : "On this page: enter a key with that scope under “API key” at the bottom, then try again.";
+}
+
+/** Ask about a suggested name, as if it had been typed into the Name box. */
+function lookUp(name) {
+  document.dispatchEvent(new CustomEvent("skyserve:look-up", { detail: { name } }));
 }
 
 class ResultCard {
@@ -54,7 +71,12 @@ class ResultCard {
   setStatus(state) {
     this.status.className = `pill ${state === "sending" ? "queued" : state}`;
     this.status.textContent = state;
-    if (TERMINAL.has(state) || state === "error") this.el.setAttribute("aria-busy", "false");
+    if (state === "error") this.el.setAttribute("aria-busy", "false");
+  }
+
+  /** The card shows its final answer (or problem): no longer busy. */
+  settled() {
+    this.el.setAttribute("aria-busy", "false");
   }
 
   setPreview(url, caption) {
@@ -67,19 +89,27 @@ class ResultCard {
     fill(this.meta, "job ", h("code", {}, jobId.slice(0, 8)));
   }
 
-  /** Show a problem in words, with an optional retry. */
-  fail(err, { retry = null, title = null } = {}) {
+  /** Show a problem in words, with an optional retry (and `before`, e.g. the object looked up). */
+  fail(err, { retry = null, title = null, before = null } = {}) {
     this.setStatus("error");
     const problem = err instanceof ApiError ? err.problem : { title: "Something went wrong", detail: String(err) };
-    const hint = cutoutHint(problem);
-    const suggestions = Array.isArray(problem.suggestions) && problem.suggestions.length && !String(problem.detail || "").toLowerCase().includes("did you mean")
-      ? h("p", {}, `Did you mean: ${problem.suggestions.join(", ")}?`) : null;
-    fill(this.answers, h("div", { class: "notice bad", role: "alert" },
+    const status = err instanceof ApiError ? err.status : 0;
+    const hint = cutoutHint(problem) || keyHint(status);
+    // A refusal (a typo, a bad file) comes back the same however often it is sent; a
+    // lost connection, a busy server or a key entered since may go through.
+    const retryable = retry && (!status || status >= 500 || [401, 403, 408, 429].includes(status));
+    const suggestions = Array.isArray(problem.suggestions) && problem.suggestions.length
+      ? h("p", { class: "suggestions" }, "Look up instead: ", problem.suggestions.map((name) =>
+        h("button", { type: "button", class: "button small", onclick: () => lookUp(name) }, name)))
+      : null;
+    const placeholder = this.figure.querySelector(".placeholder");
+    if (placeholder && placeholder.textContent === "The image appears here") placeholder.textContent = "No image";
+    fill(this.answers, before, h("div", { class: "notice bad", role: "alert" },
       h("strong", {}, title || problem.title || "The request failed"),
       h("p", { class: "detail" }, problem.detail || problem.title || "No reason was given."),
       suggestions,
       hint ? h("p", {}, hint) : null,
-      retry ? h("p", {}, h("button", { type: "button", class: "button small", onclick: retry }, "Try again")) : null));
+      retryable ? h("p", {}, h("button", { type: "button", class: "button small", onclick: retry }, "Try again")) : null));
     announce(`${this.title}: ${problem.detail || problem.title || "failed"}`, true);
   }
 
@@ -128,11 +158,14 @@ class ResultCard {
     this.setStatus(job.status);
     if (job.status === "cancelled") {
       fill(this.answers, h("div", { class: "notice warn", role: "status" }, h("strong", {}, "Cancelled"), h("p", {}, "This job was cancelled before it finished.")));
+      this.settled();
       return;
     }
     if (job.status === "failed") {
       this.showSeen(job, false);
-      this.fail(new ApiError(job.error || { title: "The job failed" }, job.error?.status || 422), { title: `Failed: ${job.error?.title || "the job could not be answered"}` });
+      // The object was found even when its image could not be fetched: say which.
+      const before = job.input.kind === "target" ? this.objectFacts(job.input) : null;
+      this.fail(new ApiError(job.error || { title: "The job failed" }, job.error?.status || 422), { title: `Failed: ${job.error?.title || "the job could not be answered"}`, before });
       this.setStatus("failed");
       this.renderFooter(job);
       return;
@@ -152,14 +185,18 @@ class ResultCard {
       notes.length ? h("div", { class: "caveats" }, notes) : null,
       names.map((t) => renderTask(job.result.tasks[t], defs[t], cards[t])));
     this.renderFooter(job);
+    this.settled();
     const summary = names.map((t) => headlineText(job.result.tasks[t], defs[t])).join("; ");
     announce(`Answer for ${this.title}: ${summary}.${notes.length ? ` ${notes.length} caveat${notes.length > 1 ? "s" : ""}.` : ""}`);
   }
 
   showSeen(job, succeeded) {
-    const what = job.input.kind === "target"
-      ? "the survey cutout, turned so the major axis is horizontal and cropped to the field of view"
-      : "your image, decoded and padded to a square";
+    const turned = job.input.pa_deg !== null && job.input.pa_deg !== undefined;
+    const what = job.input.kind !== "target"
+      ? "your image, decoded and padded to a square"
+      : turned
+        ? "the survey cutout, turned so the major axis is horizontal and cropped to the field of view"
+        : "the survey cutout, cropped to the field of view (not turned: no catalogued position angle)";
     if (!succeeded && job.input.kind === "target") return; // nothing was fetched
     const img = h("img", { src: `v1/jobs/${job.id}/image`, alt: `The image as the model saw it: ${what}.` });
     img.addEventListener("error", () => {
