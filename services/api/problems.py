@@ -118,6 +118,8 @@ def install_problem_handlers(app: FastAPI) -> None:
                 "title": _reason(exc.status_code),
                 "status": exc.status_code,
                 "detail": str(exc.detail),
+                # Every problem carries a code (docs/api.md): here the reason phrase's slug.
+                "code": _reason(exc.status_code).lower().replace(" ", "-"),
                 "instance": request.url.path,
             },
             headers=headers or None,

@@ -74,4 +74,10 @@ class ReadyCheck(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, ReadyCheck]
-    workers: list[dict[str, Any]] = Field(default_factory=list)
+    live_workers: int = Field(
+        default=0, description="Worker processes with their models loaded (shown to everyone)."
+    )
+    workers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Each live worker's details: in open mode and to admin keys only.",
+    )

@@ -83,7 +83,9 @@ async def readyz(
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return Readiness(ready=ready, checks=checks, workers=live if caller.admin else [])
+    return Readiness(
+        ready=ready, checks=checks, live_workers=len(loaded), workers=live if caller.admin else []
+    )
 
 
 def _models_check(tasks: list[str], workers: list[dict[str, Any]]) -> ReadyCheck:
