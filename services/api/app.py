@@ -72,6 +72,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         configure_logging(settings.log_format, settings.log_level)
         if settings.log_format == "json":
             _json_server_logs()
+        # skyserve.access logs every request (with its request id); uvicorn's own
+        # access line would say it a second time.
+        logging.getLogger("uvicorn.access").disabled = True
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
         )
