@@ -1,0 +1,377 @@
+"""One ONNX graph for a whole ensemble: its members side by side, shared work done once.
+
+:func:`fuse` turns a version's member graphs into one graph that a single session
+call runs for a whole batch (see :class:`shared.members.FusedMembers`):
+
+- every member reads the same input (the images under every test-time transform,
+  ``T·N`` rows, as :func:`shared.members.run_members` stacks them) and the outputs
+  come back stacked, ``(members, rows, K)``;
+- with MC dropout, each member's body runs once per transformed image and only what
+  follows the mask runs ``samples`` times (the rows before the mask are repeated
+  inside the graph), instead of the whole member once per sample;
+- a transform-invariant branch (the isophote moments of the ``compact`` and ``lean``
+  bodies: second moments about the centroid, on a window and a grid that every
+  quarter turn and flip maps onto itself) runs on the first transform's rows only
+  and is repeated for the others;
+- identical weights and identical operations on identical inputs are merged (the
+  moment branch has no weights and is the same in every member), so work the
+  members share runs once.
+
+In the ``compact`` inclination default the moment branch is ~90 % of a member's
+time in ONNX Runtime; it now runs once per image rather than once per member and
+transform. None of this changes what is computed, only how often: a fused graph's
+answers equal the members' own within float rounding, which
+:func:`shared.members.agreement` measures when a worker loads a version (it serves
+the members one by one when they differ by more than a tolerance).
+
+Only the worker and the trainer import this module (it needs the ``onnx`` package);
+it never imports ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["FUSED_OUTPUT", "fuse", "mask_input_name"]
+
+#: The fused graph's one output: ``(members, rows, K)``.
+FUSED_OUTPUT = "members"
+
+# Node names tf2onnx gives the SkyNormalise and IsophoteMoments layers
+# ("<model>/sky_normalise_1/...", "<model>/moments_1/...").
+_SKY_NORMALISE = re.compile(r"(^|/)sky_normalise(_\d+)?/")
+_INVARIANT_BRANCH = re.compile(r"(^|/)moments(_\d+)?/")
+
+
+def mask_input_name(member: int, mask_input: str) -> str:
+    """The fused graph's MC-dropout mask input for member number ``member``."""
+    return f"m{member}/{mask_input}"
+
+
+def fuse(
+    members: Sequence[onnx.ModelProto],
+    *,
+    input_name: str,
+    output_name: str | None = None,
+    mask_input: str | None = None,
+    transforms: Sequence[str] = ("identity",),
+    samples: int = 1,
+) -> onnx.ModelProto:
+    """One graph answering for every member of ``members``.
+
+    Parameters
+    ----------
+    members
+        The member graphs, in manifest order (each takes ``input_name``, and
+        ``mask_input`` when the version has MC dropout).
+    input_name
+        The image input, ``(n, H, W, C)``: the images as they are. The fused graph
+        makes the transformed copies itself.
+    output_name
+        Each member's output (None: its first).
+    mask_input
+        The MC-dropout mask input, None without MC dropout. The fused graph takes one
+        per member, named :func:`mask_input_name`, of ``S·T·n`` rows.
+    transforms
+        The manifest's test-time transforms (:data:`shared.preprocessing.TTA_TRANSFORMS`),
+        ``T`` of them; output rows are ordered transform, then image.
+    samples
+        MC-dropout samples ``S``: rows after the mask are ordered sample, transform,
+        image, ``S·T·n`` of them.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Inputs ``input_name`` (+ masks); output :data:`FUSED_OUTPUT`.
+    """
+    if not members:
+        raise ValueError("An ensemble needs at least one member.")
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[TensorProto] = []
+    inputs: list[onnx.ValueInfoProto] = []
+    outputs: list[str] = []
+    opsets: dict[str, int] = {}
+    for index, model in enumerate(members):
+        graph = onnx.GraphProto()
+        graph.CopyFrom(model.graph)
+        out = output_name or graph.output[0].name
+        _transform_inside(graph, input_name, list(transforms))
+        if mask_input is not None and samples > 1:
+            _repeat_before(graph, mask_input, samples)
+        keep = {input_name}
+        rename = _prefixer(f"m{index}/", keep)
+        for node in graph.node:
+            node.name = rename(node.name) if node.name else ""
+            node.input[:] = [rename(name) if name else "" for name in node.input]
+            node.output[:] = [rename(name) for name in node.output]
+            nodes.append(node)
+        for init in graph.initializer:
+            init.name = rename(init.name)
+            initializers.append(init)
+        for value in graph.input:
+            if value.name == input_name:
+                if not inputs:
+                    inputs.append(value)
+            elif value.name == mask_input:
+                value.name = mask_input_name(index, mask_input)
+                inputs.append(value)
+            elif value.name not in {i.name for i in model.graph.initializer}:
+                raise ValueError(f"member {index} has an unexpected input {value.name!r}")
+        outputs.append(rename(out))
+        for opset in model.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    if not inputs or inputs[0].name != input_name:
+        raise ValueError(f"the members have no input {input_name!r}")
+
+    axes = _constant("fused/axes0", np.array([0], dtype=np.int64), nodes)
+    stacked = []
+    for index, out in enumerate(outputs):
+        name = f"fused/member{index}"
+        nodes.append(helper.make_node("Unsqueeze", [out, axes], [name], name=name))
+        stacked.append(name)
+    nodes.append(helper.make_node("Concat", stacked, [FUSED_OUTPUT], axis=0, name="fused/stack"))
+    output = helper.make_tensor_value_info(FUSED_OUTPUT, TensorProto.FLOAT, ["members", "rows", "outputs"])
+    graph = helper.make_graph(nodes, "fused_ensemble", inputs, [output], initializers)
+    graph = _deduplicate(graph)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets.items()],
+        producer_name="skyserve.fused",
+    )
+    model.ir_version = max(m.ir_version for m in members)
+    onnx.checker.check_model(model)
+    return model
+
+
+# -- rewrites of one member's graph ------------------------------------------------------
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _ancestors(tensors: Iterable[str], producers: dict[str, onnx.NodeProto]) -> set[int]:
+    """ids of the nodes every one of ``tensors`` is computed from (their producers included)."""
+    seen: set[int] = set()
+    stack = [producers[t] for t in tensors if t in producers]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(producers[t] for t in node.input if t in producers)
+    return seen
+
+
+def _transform_inside(graph: onnx.GraphProto, input_name: str, transforms: list[str]) -> None:
+    """Make the test-time copies inside the graph, as late as what precedes allows.
+
+    Where a member starts with its sky normalisation (per-pixel arithmetic with
+    scalars that no quarter turn or flip changes), the copies are made of its
+    output, so it runs once per image; otherwise of the input. The moment branch,
+    when there is one, reads the untransformed rows and its features are repeated
+    for every transform.
+    """
+    producers = _producers(graph)
+    cut = _invariant_prefix(graph, input_name, producers)
+    branch, source, result = _invariant_branch(graph, producers)
+    copies = f"{cut}/transformed"
+    nodes: list[onnx.NodeProto] = []
+    made = [_transformed(cut, name, nodes) for name in transforms]
+    nodes.append(helper.make_node("Concat", made, [copies], axis=0))
+    inside = {id(node) for node in graph.node if id(node) in branch}
+    prefix = _ancestors([cut], producers) if cut != input_name else set()
+    if branch and source != cut:
+        # The branch reads rows that are already transformed: it runs on all of them.
+        inside = set()
+    if inside:
+        repeated = f"{result}/every_transform"
+        nodes.append(helper.make_node("Concat", [result] * len(transforms), [repeated], axis=0))
+    for node in graph.node:
+        if id(node) in inside:
+            continue  # reads the untransformed rows
+        if id(node) not in prefix:
+            node.input[:] = [copies if name == cut else name for name in node.input]
+        if inside:
+            node.input[:] = [repeated if name == result else name for name in node.input]
+    graph.node.extend(nodes)
+    _sort(graph)
+
+
+def _invariant_prefix(graph: onnx.GraphProto, input_name: str,
+                      producers: dict[str, onnx.NodeProto]) -> str:
+    """The sky normalisation's output when the image reaches the rest only through it."""
+    named = [node for node in graph.node if _SKY_NORMALISE.search(node.name)]
+    if not named:
+        return input_name
+    cut = named[-1].output[0]
+    prefix = _ancestors([cut], producers)
+    for node in graph.node:
+        if input_name in node.input and id(node) not in prefix:
+            return input_name
+    return cut
+
+
+def _invariant_branch(graph: onnx.GraphProto, producers: dict[str, onnx.NodeProto]
+                      ) -> tuple[set[int], str, str]:
+    """The moment branch: its nodes, the tensor it reads and the features it makes.
+
+    Empty when a graph has none, or when the branch reads anything else computed
+    per row than its input (then it is not known to be transform-invariant).
+    """
+    named = [node for node in graph.node if _INVARIANT_BRANCH.search(node.name)]
+    if not named:
+        return set(), "", ""
+    source, result = named[0].input[0], named[-1].output[0]
+    before = _ancestors([source], producers)
+    branch = _ancestors([result], producers) - before
+    inside = {out for node in graph.node if id(node) in branch for out in node.output}
+    constants = {init.name for init in graph.initializer}
+    for node in graph.node:
+        if id(node) in branch and not all(
+            name in inside or name in constants or name in ("", source) for name in node.input
+        ):
+            return set(), "", ""
+    if any(out.name == result for out in graph.output):
+        return set(), "", ""
+    return branch, source, result
+
+
+# Each transform as ONNX ops on an NHWC tensor, exactly as shared.preprocessing's
+# numpy versions move pixels (np.rot90 k=1: flip W, then swap H and W; k=3: swap, then flip W).
+_STEPS: dict[str, list[tuple[str, object]]] = {
+    "identity": [],
+    "rot180": [("flip", [1, 2])],
+    "flip_lr": [("flip", [2])],
+    "flip_ud": [("flip", [1])],
+    "rot90": [("flip", [2]), ("swap", None)],
+    "rot270": [("swap", None), ("flip", [2])],
+}
+
+
+def _transformed(tensor: str, transform: str, nodes: list[onnx.NodeProto]) -> str:
+    try:
+        steps = _STEPS[transform]
+    except KeyError:
+        raise ValueError(f"unknown test-time transform {transform!r}") from None
+    name = tensor
+    for i, (kind, axes) in enumerate(steps):
+        out = f"{tensor}/{transform}/{i}"
+        if kind == "swap":
+            nodes.append(helper.make_node("Transpose", [name], [out], perm=[0, 2, 1, 3]))
+        else:
+            count = len(axes)  # type: ignore[arg-type]
+            starts = _constant(f"{out}/starts", np.full(count, -1, np.int64), nodes)
+            ends = _constant(f"{out}/ends", np.full(count, np.iinfo(np.int64).min, np.int64),
+                             nodes)
+            axes_ = _constant(f"{out}/axes", np.array(axes, np.int64), nodes)
+            steps_ = _constant(f"{out}/steps", np.full(count, -1, np.int64), nodes)
+            nodes.append(helper.make_node("Slice", [name, starts, ends, axes_, steps_], [out]))
+        name = out
+    return name
+
+
+def _repeat_before(graph: onnx.GraphProto, mask_input: str, samples: int) -> None:
+    """Repeat the rows the MC-dropout mask multiplies ``samples`` times, inside the graph.
+
+    Everything before the mask is deterministic, so it runs once per transformed image.
+    """
+    users = [node for node in graph.node if mask_input in node.input]
+    if len(users) != 1 or users[0].op_type != "Mul":
+        raise ValueError(f"the mask {mask_input!r} is not used by exactly one Mul")
+    mul = users[0]
+    (hidden,) = [name for name in mul.input if name != mask_input]
+    repeated = f"{hidden}/every_sample"
+    graph.node.append(helper.make_node("Concat", [hidden] * samples, [repeated], axis=0))
+    mul.input[:] = [repeated if name == hidden else name for name in mul.input]
+    _sort(graph)
+
+
+def _constant(name: str, value: np.ndarray, nodes: list[onnx.NodeProto]) -> str:
+    nodes.append(helper.make_node("Constant", [], [name],
+                                  value=numpy_helper.from_array(value, name)))
+    return name
+
+
+def _prefixer(prefix: str, keep: set[str]):  # type: ignore[no-untyped-def]
+    def rename(name: str) -> str:
+        return name if name in keep else prefix + name
+
+    return rename
+
+
+def _sort(graph: onnx.GraphProto) -> None:
+    """Order the nodes topologically (ONNX requires it; rewrites append at the end)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ValueError("the graph has a cycle or reads a tensor nothing makes")
+        ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def _deduplicate(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """Merge equal initializers, then operations with equal inputs and attributes.
+
+    Common-subexpression elimination over the members: with their weight-free moment
+    branches on the same rows, that branch (and the sky normalisation before it)
+    runs once for all of them.
+    """
+    _sort(graph)
+    same: dict[str, str] = {}
+    by_value: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    initializers = []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        key = (init.data_type, tuple(init.dims), array.tobytes())
+        if key in by_value:
+            same[init.name] = by_value[key]
+        else:
+            by_value[key] = init.name
+            initializers.append(init)
+    seen: dict[tuple[object, ...], onnx.NodeProto] = {}
+    nodes = []
+    users: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        node.input[:] = [same.get(name, name) for name in node.input]
+        key = (node.domain, node.op_type, tuple(node.input), len(node.output),
+               tuple(_attribute_key(a) for a in node.attribute))
+        if key in seen and not node.op_type.startswith("Random"):
+            for mine, theirs in zip(node.output, seen[key].output, strict=True):
+                same[mine] = theirs
+            continue
+        seen[key] = node
+        nodes.append(node)
+        for name in node.input:
+            users[name] += 1
+    outputs = {o.name for o in graph.output}
+    if any(name in same for name in outputs):
+        raise ValueError("a graph output was merged away")
+    initializers = [i for i in initializers if users[i.name]]
+    return helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output),
+                             initializers)
+
+
+def _attribute_key(attribute: onnx.AttributeProto) -> bytes:
+    """An attribute's content; a constant tensor's own name does not make it different."""
+    if attribute.HasField("t") and attribute.t.name:
+        attribute = onnx.AttributeProto.FromString(attribute.SerializeToString())
+        attribute.t.name = ""
+    return attribute.SerializeToString()
