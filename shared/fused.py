@@ -30,15 +30,24 @@ it never imports ONNX Runtime.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["FUSED_OUTPUT", "fuse", "mask_input_name"]
+from shared.members import FusedMembers, MemberRunner, Session, agreement, probe_images
+from shared.registry import Manifest
+
+__all__ = ["FUSED_OUTPUT", "TOLERANCE", "fuse", "fuse_version", "mask_input_name"]
+
+logger = logging.getLogger(__name__)
+
+#: Most a fused graph's raw outputs may differ from its members' (``|a-b| / (1+|b|)``).
+TOLERANCE = 1e-4
 
 #: The fused graph's one output: ``(members, rows, K)``.
 FUSED_OUTPUT = "members"
@@ -147,6 +156,54 @@ def fuse(
     model.ir_version = max(m.ir_version for m in members)
     onnx.checker.check_model(model)
     return model
+
+
+def fuse_version(
+    manifest: Manifest,
+    members: Sequence[onnx.ModelProto],
+    make_session: Callable[[bytes], Session],
+    plain: Sequence[MemberRunner],
+    *,
+    tolerance: float = TOLERANCE,
+) -> FusedMembers | None:
+    """A version's members fused into one session, checked against the members themselves.
+
+    ``make_session`` turns a serialised graph into a session (the caller's ONNX
+    Runtime and options); ``plain`` are the members' own runners. The fused session
+    is returned only if it answers :func:`shared.members.probe_images` like
+    ``plain`` within ``tolerance``; otherwise None (and a warning says why), so a
+    graph this module does not know how to fuse is served member by member.
+    """
+    mc = manifest.output.mc_dropout
+    where = f"{manifest.task} v{manifest.version}"
+    try:
+        graph = fuse(
+            members,
+            input_name=manifest.input.input_name,
+            output_name=manifest.output.output_name,
+            mask_input=mc.mask_input if mc else None,
+            transforms=manifest.tta or ["identity"],
+            samples=mc.samples if mc else 1,
+        )
+        runner = FusedMembers(
+            names=tuple(m.name for m in manifest.members),
+            session=make_session(graph.SerializeToString()),
+            input_name=manifest.input.input_name,
+            mask_inputs=tuple(mask_input_name(i, mc.mask_input)
+                              for i in range(len(manifest.members))) if mc else (),
+            output_name=FUSED_OUTPUT,
+        )
+        gap = agreement(manifest, runner, plain, probe_images(manifest.input))
+    except Exception:  # any failure means: serve the members one by one
+        logger.warning("%s: members not fused; serving them one by one.", where, exc_info=True)
+        return None
+    if not gap <= tolerance:
+        logger.warning("%s: the fused graph differs from its members by %.3g (> %.3g); "
+                       "serving them one by one.", where, gap, tolerance)
+        return None
+    logger.info("%s: %d members fused into one graph (agree within %.2g).", where,
+                len(manifest.members), gap)
+    return runner
 
 
 # -- rewrites of one member's graph ------------------------------------------------------

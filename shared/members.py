@@ -234,13 +234,17 @@ def probe_images(spec: InputSpec, count: int = 6) -> np.ndarray:
 
 def agreement(manifest: Manifest, one: Ensemble, other: Ensemble,
               images: np.ndarray) -> float:
-    """Largest absolute difference between two ways of running the same version's members."""
-    a = run_members(manifest, one, images, max_batch_size=len(images))
+    """How far two ways of running a version's members disagree on ``images``.
+
+    The largest ``|a - b| / (1 + |b|)`` over every raw output (absolute for outputs
+    near zero, relative for large logits); ``one`` runs the images in one batch,
+    ``other`` three at a time.
+    """
+    a = run_members(manifest, one, images, max_batch_size=len(images) * 8)
     b = run_members(manifest, other, images, max_batch_size=3)
-    if set(a) != set(b):
+    if set(a) != set(b) or any(a[k].shape != b[k].shape for k in a):
         return float("inf")
-    return max(float(np.max(np.abs(a[k] - b[k]))) if a[k].shape == b[k].shape else float("inf")
-               for k in a)
+    return max(float(np.max(np.abs(a[k] - b[k]) / (1.0 + np.abs(b[k])))) for k in a)
 
 
 def answer(

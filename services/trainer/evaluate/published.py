@@ -99,7 +99,7 @@ def reevaluate(task_name: str, version: int | None, *, models_dir: Path, folder:
     """
     from services.trainer.data import build_splits
     from services.trainer.evaluate import evaluate
-    from services.trainer.export import onnx_runners
+    from services.trainer.export import onnx_ensemble
     from services.trainer.release import input_spec
 
     reader = RegistryReader(Path(models_dir))
@@ -117,7 +117,7 @@ def reevaluate(task_name: str, version: int | None, *, models_dir: Path, folder:
     notes += _csv_note(manifest, data.test.description)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    runners = onnx_runners(manifest, reader.version_dir(task_name, manifest.version),
+    runners = onnx_ensemble(manifest, reader.version_dir(task_name, manifest.version),
                            threads=threads)
     _, metrics = evaluate(task, manifest, runners, data.test, folder, val=data.val,
                           calibrate=False, failures=recipe.checks.failures)
