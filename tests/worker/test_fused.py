@@ -100,18 +100,21 @@ def test_an_image_gets_the_same_answer_alone_or_in_any_batch(
 
 def test_shared_work_runs_once_in_the_fused_graph(loaded: dict[str, LoadedModel]) -> None:
     """The moment branch (no weights, the same in every member) is in the graph once."""
-    model = loaded["inclination"]
-    folder = RegistryReader(MODELS).version_dir("inclination", model.version)
     from shared.fused import fuse
 
-    graph = fuse([onnx.load(folder / m.file) for m in model.manifest.members],
-                 input_name="image", transforms=model.manifest.tta)
-    moment_products = [n for n in graph.graph.node
-                       if n.op_type == "MatMul" and "/moments" in n.name]
-    convolutions = [n for n in graph.graph.node if n.op_type == "Conv"]
-    assert len(moment_products) == 1
-    assert len(convolutions) == 3 * sum(
-        n.op_type == "Conv" for n in onnx.load(folder / model.manifest.members[0].file).graph.node)
+    model = loaded["inclination"]
+    folder = RegistryReader(MODELS).version_dir("inclination", model.version)
+    graphs = [onnx.load(folder / m.file) for m in model.manifest.members]
+
+    def count(graph: onnx.ModelProto, op: str, within: str = "") -> int:
+        return sum(n.op_type == op and within in n.name for n in graph.graph.node)
+
+    one = fuse(graphs[:1], input_name="image", transforms=model.manifest.tta)
+    three = fuse(graphs, input_name="image", transforms=model.manifest.tta)
+    assert count(one, "MatMul", "/moments") > 0
+    assert count(three, "MatMul", "/moments") == count(one, "MatMul", "/moments")
+    assert count(three, "Sigmoid", "/moments") == count(one, "Sigmoid", "/moments")
+    assert count(three, "Conv") == 3 * count(one, "Conv") == 3 * count(graphs[0], "Conv")
 
 
 def test_a_graph_that_disagrees_is_served_member_by_member(
