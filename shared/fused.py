@@ -23,9 +23,12 @@ call runs for a whole batch (see :class:`shared.members.FusedMembers`):
 In the ``compact`` inclination default the moment branch is ~90 % of a member's
 time in ONNX Runtime; it now runs once per image rather than once per member and
 transform. None of this changes what is computed, only how often: a fused graph's
-answers equal the members' own within float rounding, which
-:func:`shared.members.agreement` measures when a worker loads a version (it serves
-the members one by one when they differ by more than a tolerance).
+answers equal the members' own within float rounding. The rewrites that rest on an
+assumption (an operation commutes with the transforms, a branch is invariant) are
+recorded in the graph's metadata, and :func:`fuse_version` then runs the fused
+graph against the members on galaxy-like images when a version is loaded (it serves
+the members one by one when they differ by more than :data:`TOLERANCE`). Members
+with control flow (Loop, If, Scan) are not fused.
 
 Only the worker and the trainer import this module (it needs the ``onnx`` package);
 it never imports ONNX Runtime.
@@ -45,7 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 from shared.members import FusedMembers, MemberRunner, Session, agreement, probe_images
 from shared.registry import Manifest
 
-__all__ = ["FUSED_OUTPUT", "TOLERANCE", "fuse", "fuse_version", "mask_input_name"]
+__all__ = ["ASSUMED", "FUSED_OUTPUT", "TOLERANCE", "fuse", "fuse_version", "mask_input_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ TOLERANCE = 1e-4
 
 #: The fused graph's one output: ``(members, rows, K)``.
 FUSED_OUTPUT = "members"
+#: Metadata key listing the rewrites a fused graph rests on that are not exact by
+#: construction (commuting with the transforms, invariant branches).
+ASSUMED = "skyserve.assumed"
 
 # Node names tf2onnx gives the SkyNormalise and IsophoteMoments layers
 # ("<model>/sky_normalise_1/...", "<model>/moments_1/...").
@@ -109,12 +115,18 @@ def fuse(
     inputs: list[onnx.ValueInfoProto] = []
     outputs: list[str] = []
     opsets: dict[str, int] = {}
+    assumed: set[str] = set()
     for index, model in enumerate(members):
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for node in model.graph.node for a in node.attribute):
+            # Subgraphs (Loop, If, Scan) read outer names this renaming would break.
+            raise ValueError(f"member {index} has control flow; it is not fused")
         graph = onnx.GraphProto()
         graph.CopyFrom(model.graph)
         out = output_name or graph.output[0].name
-        _split_product(graph)
-        _transform_inside(graph, input_name, list(transforms))
+        if _split_product(graph):
+            assumed.add("moment product by parts")
+        assumed.update(_transform_inside(graph, input_name, list(transforms)))
         if mask_input is not None and samples > 1:
             _repeat_before(graph, mask_input, samples)
         keep = {input_name}
@@ -158,6 +170,9 @@ def fuse(
         producer_name="skyserve.fused",
     )
     model.ir_version = max(m.ir_version for m in members)
+    # What this graph assumes beyond exact rewrites (renaming, stacking, pixel
+    # permutations, repeated rows, merged duplicates): fuse_version checks those.
+    helper.set_model_props(model, {ASSUMED: ", ".join(sorted(assumed))})
     onnx.checker.check_model(model)
     return model
 
@@ -189,6 +204,7 @@ def fuse_version(
             transforms=manifest.tta or ["identity"],
             samples=mc.samples if mc else 1,
         )
+        assumed = {p.key: p.value for p in graph.metadata_props}.get(ASSUMED, "")
         runner = FusedMembers(
             names=tuple(m.name for m in manifest.members),
             session=make_session(graph.SerializeToString()),
@@ -197,7 +213,9 @@ def fuse_version(
                               for i in range(len(manifest.members))) if mc else (),
             output_name=FUSED_OUTPUT,
         )
-        gap = agreement(manifest, runner, plain, probe_images(manifest.input))
+        # Only a graph resting on assumptions is run against its members: the others
+        # are the members' own operations, and some members are slow to run.
+        gap = agreement(manifest, runner, plain, probe_images(manifest.input)) if assumed else 0.0
     except Exception:  # any failure means: serve the members one by one
         logger.warning("%s: members not fused; serving them one by one.", where, exc_info=True)
         return None
@@ -205,8 +223,8 @@ def fuse_version(
         logger.warning("%s: the fused graph differs from its members by %.3g (> %.3g); "
                        "serving them one by one.", where, gap, tolerance)
         return None
-    logger.info("%s: %d members fused into one graph (agree within %.2g).", where,
-                len(manifest.members), gap)
+    logger.info("%s: %d members fused into one graph (%s; agree within %.2g).", where,
+                len(manifest.members), assumed or "exact rewrites only", gap)
     return runner
 
 
@@ -283,7 +301,7 @@ def _prune(graph: onnx.GraphProto) -> None:
     graph.node.extend(copies)
 
 
-def _transform_inside(graph: onnx.GraphProto, input_name: str, transforms: list[str]) -> None:
+def _transform_inside(graph: onnx.GraphProto, input_name: str, transforms: list[str]) -> set[str]:
     """Make the test-time copies inside the graph, as late as what precedes allows.
 
     Where a member starts with its sky normalisation (per-pixel arithmetic with
@@ -292,7 +310,7 @@ def _transform_inside(graph: onnx.GraphProto, input_name: str, transforms: list[
     layout change to NCHW, a non-overlapping pooling), so all of it runs once per
     image; otherwise the copies are made of the input. The moment branch, when
     there is one, reads the untransformed rows and its features are repeated for
-    every transform.
+    every transform. Returns what the graph now assumes.
     """
     producers = _producers(graph)
     branch, source, result = _invariant_branch(graph, producers)
@@ -317,6 +335,12 @@ def _transform_inside(graph: onnx.GraphProto, input_name: str, transforms: list[
             node.input[:] = [repeated if name == result else name for name in node.input]
     graph.node.extend(nodes)
     _sort(graph)
+    assumed = set()
+    if cut != input_name:
+        assumed.add("sky normalisation commutes with the transforms")
+    if inside:
+        assumed.add("moment branch is transform-invariant")
+    return assumed
 
 
 def _invariant_prefix(graph: onnx.GraphProto, input_name: str,
