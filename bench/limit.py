@@ -11,11 +11,14 @@ Prints, in one run on this machine:
    the new one (the members fused into one graph, :mod:`shared.fused`) — with the
    achieved GFLOP/s and its share of the peak.
 
-FLOPs per image are counted from the member graphs (Conv, MatMul, Gemm: a
-multiply-add counts 2, shapes measured by running the graph once): the *nominal*
-work of members × transforms × MC samples. The fused graph does less of it (shared
-work runs once), so its GFLOP/s is the nominal work per second — what the same
-answers would cost done the old way.
+FLOPs per image are counted from the graphs (Conv, MatMul, Gemm: a multiply-add
+counts 2, shapes measured by running the graph once). *Nominal*: the member graphs ×
+transforms × MC samples, the work the old path does. The fused graph does less of
+it (shared work runs once, MC samples only after the mask), so two figures for the
+new path: the nominal work per second (what the same answers would cost done the
+old way; it can pass the peak) and the *executed* GFLOP/s, counted from the fused
+graph itself — the one to hold against the peak. The peak is measured before and
+after the ensembles; the higher one counts.
 
 Usage: ``python bench/limit.py [--threads 2] [--seconds 2] [--batches 1,8,32,128]``
 """
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.worker.sessions import SessionCache  # noqa: E402
 from services.worker.settings import WorkerSettings  # noqa: E402
+from shared.fused import fuse  # noqa: E402
 from shared.members import probe_images, run_members  # noqa: E402
 from shared.registry import RegistryReader  # noqa: E402
 from shared.settings import REPO_ROOT  # noqa: E402
@@ -134,6 +138,22 @@ def nominal_flops(model, folder: Path) -> float:  # type: ignore[no-untyped-def]
     return total * passes
 
 
+def executed_flops(model, folder: Path) -> float:  # type: ignore[no-untyped-def]
+    """FLOPs per image the fused graph really does (counted on a batch of 8)."""
+    manifest = model.manifest
+    mc = manifest.output.mc_dropout
+    graph = fuse([onnx.load(folder / m.file) for m in manifest.members],
+                 input_name=manifest.input.input_name, output_name=manifest.output.output_name,
+                 mask_input=mc.mask_input if mc else None,
+                 transforms=manifest.tta or ["identity"], samples=mc.samples if mc else 1)
+    n = 8
+    feeds = {model.fused.input_name: probe_images(manifest.input, n)}
+    rows = n * len(manifest.tta or [1]) * (mc.samples if mc else 1)
+    for name in model.fused.mask_inputs:
+        feeds[name] = np.ones((rows, mc.units), np.float32)  # type: ignore[union-attr]
+    return graph_flops(graph, feeds) / n
+
+
 def rate(manifest, ensemble, x: np.ndarray, batch: int, max_rows: int,  # type: ignore[no-untyped-def]
          seconds: float) -> float:
     """Images/s of run_members over ``x`` in calls of ``batch`` images."""
@@ -162,30 +182,40 @@ def main() -> None:
     tasks = [t for t in args.tasks.split(",") if t] or reader.tasks()
     settings = WorkerSettings(models_dir=args.models, intra_op_threads=args.threads)
     print(f"ONNX Runtime {ort.__version__}, {args.threads} intra-op threads, "
-          f"{os.cpu_count()} cores; worker max_batch_size {settings.max_batch_size} rows")
+          f"{os.cpu_count()} cores; worker max_batch_size {settings.max_batch_size} rows; "
+          f"load average {os.getloadavg()[0]:.1f} (other work on the machine skews every figure)")
     top, what = peak(args.threads, args.seconds)
     print(f"peak: {top:.1f} GFLOP/s ({what})")
     cache = SessionCache(reader, providers=["CPUExecutionProvider"],
                          intra_op_threads=args.threads, spinning=True)
-    header = (f"{'task':<12} {'batch':>5} {'old img/s':>10} {'new img/s':>10} {'speed-up':>8} "
-              f"{'old GFLOP/s':>11} {'new GFLOP/s':>11} {'old %peak':>9} {'new %peak':>9}")
-    print(header)
+    rows = []
     for task in tasks:
         model = cache.get(task)
         manifest = model.manifest
         folder = reader.version_dir(task, manifest.version)
-        flops = nominal_flops(model, folder)
+        nominal = nominal_flops(model, folder)
+        executed = executed_flops(model, folder) if model.fused is not None else nominal
         mc = manifest.output.mc_dropout
         print(f"{task}: {len(manifest.members)} members x {len(manifest.tta or [1])} transforms x "
-              f"{mc.samples if mc else 1} MC samples, {flops / 1e6:.1f} MFLOP/image nominal, "
-              f"fused: {'yes' if model.fused is not None else 'NO'}")
+              f"{mc.samples if mc else 1} MC samples: {nominal / 1e6:.1f} MFLOP/image nominal, "
+              f"{executed / 1e6:.1f} executed by the fused graph "
+              f"(fused: {'yes' if model.fused is not None else 'NO'})")
         x = np.repeat(probe_images(manifest.input, 8), 16, axis=0)
         for batch in batches:
             old = rate(manifest, model.runners(), x, batch, settings.max_batch_size, args.seconds)
             new = rate(manifest, model.ensemble(), x, batch, settings.max_batch_size, args.seconds)
-            og, ng = old * flops / 1e9, new * flops / 1e9
-            print(f"{task:<12} {batch:>5} {old:>10.0f} {new:>10.0f} {new / old:>7.1f}x "
-                  f"{og:>11.1f} {ng:>11.1f} {100 * og / top:>8.1f}% {100 * ng / top:>8.1f}%")
+            rows.append((task, batch, old, new, nominal, executed))
+    again, _ = peak(args.threads, args.seconds)
+    print(f"peak again: {again:.1f} GFLOP/s; using {max(top, again):.1f}")
+    top = max(top, again)
+    print(f"{'task':<12} {'batch':>5} {'old img/s':>9} {'new img/s':>9} {'speed-up':>8} "
+          f"{'old GFLOP/s':>11} {'old %peak':>9} {'new nominal':>11} {'new executed':>12} "
+          f"{'new %peak':>9}")
+    for task, batch, old, new, nominal, executed in rows:
+        og, nn, ne = old * nominal / 1e9, new * nominal / 1e9, new * executed / 1e9
+        print(f"{task:<12} {batch:>5} {old:>9.0f} {new:>9.0f} {new / old:>7.1f}x "
+              f"{og:>11.1f} {100 * og / top:>8.1f}% {nn:>11.1f} {ne:>12.1f} "
+              f"{100 * ne / top:>8.1f}%")
 
 
 if __name__ == "__main__":
