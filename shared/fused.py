@@ -144,7 +144,7 @@ def fuse(
                 if not inputs:
                     inputs.append(value)
             elif value.name == mask_input:
-                value.name = mask_input_name(index, mask_input)
+                value.name = mask_input_name(index, value.name)
                 inputs.append(value)
             elif value.name not in {i.name for i in model.graph.initializer}:
                 raise ValueError(f"member {index} has an unexpected input {value.name!r}")
@@ -406,13 +406,13 @@ def _invariant_branch(graph: onnx.GraphProto, producers: dict[str, onnx.NodeProt
 
 # Each transform as ONNX ops on an NHWC tensor, exactly as shared.preprocessing's
 # numpy versions move pixels (np.rot90 k=1: flip W, then swap H and W; k=3: swap, then flip W).
-_STEPS: dict[str, list[tuple[str, object]]] = {
+_STEPS: dict[str, list[tuple[str, list[int]]]] = {
     "identity": [],
     "rot180": [("flip", [1, 2])],
     "flip_lr": [("flip", [2])],
     "flip_ud": [("flip", [1])],
-    "rot90": [("flip", [2]), ("swap", None)],
-    "rot270": [("swap", None), ("flip", [2])],
+    "rot90": [("flip", [2]), ("swap", [])],
+    "rot270": [("swap", []), ("flip", [2])],
 }
 
 
@@ -429,7 +429,7 @@ def _transformed(tensor: str, transform: str, layout: str, nodes: list[onnx.Node
             nodes.append(helper.make_node("Transpose", [name], [out], perm=perm))
         else:
             # H and W are axes 1 and 2 in NHWC, 2 and 3 in NCHW.
-            axes = [a + (layout == "NCHW") for a in nhwc_axes]  # type: ignore[union-attr]
+            axes = [a + (layout == "NCHW") for a in nhwc_axes]
             count = len(axes)
             starts = _constant(f"{out}/starts", np.full(count, -1, np.int64), nodes)
             ends = _constant(f"{out}/ends", np.full(count, np.iinfo(np.int64).min, np.int64),
@@ -515,13 +515,13 @@ def _deduplicate(graph: onnx.GraphProto) -> onnx.GraphProto:
     users: dict[str, int] = defaultdict(int)
     for node in graph.node:
         node.input[:] = [same.get(name, name) for name in node.input]
-        key = (node.domain, node.op_type, tuple(node.input), len(node.output),
-               tuple(_attribute_key(a) for a in node.attribute))
-        if key in seen and not node.op_type.startswith("Random"):
-            for mine, theirs in zip(node.output, seen[key].output, strict=True):
+        signature = (node.domain, node.op_type, tuple(node.input), len(node.output),
+                     tuple(_attribute_key(a) for a in node.attribute))
+        if signature in seen and not node.op_type.startswith("Random"):
+            for mine, theirs in zip(node.output, seen[signature].output, strict=True):
                 same[mine] = theirs
             continue
-        seen[key] = node
+        seen[signature] = node
         nodes.append(node)
         for name in node.input:
             users[name] += 1
