@@ -18,7 +18,7 @@ from PIL import Image
 
 from services.worker.inference import predict
 from services.worker.sessions import SessionCache
-from shared.orientation import orient_cutout, padded_fov_arcmin
+from services.worker.orientation import orient_cutout, padded_fov_arcmin
 from shared.preprocessing import preprocess
 from shared.registry import RegistryReader
 from shared.schemas import TaskResult

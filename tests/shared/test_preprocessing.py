@@ -10,7 +10,15 @@ from astropy.io import fits
 from PIL import Image
 
 from shared.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from shared.preprocessing import decode_image, inspect_image, preprocess, to_model_input, tta_transform
+from shared.preprocessing import (
+    decode_image,
+    decode_pixels,
+    decode_side,
+    inspect_image,
+    preprocess,
+    to_model_input,
+    tta_transform,
+)
 from shared.registry import InputSpec
 from tests.helpers.images import bomb_png, ellipse, encode, truncated_png
 
@@ -118,8 +126,13 @@ def test_channels_and_scaling_follow_the_spec() -> None:
 def test_preprocess_is_decode_then_to_model_input() -> None:
     data = encode(ellipse(50, axis_ratio=0.3))
     spec = InputSpec(size=24)
-    np.testing.assert_array_equal(
-        preprocess(data, spec), to_model_input(decode_image(data, max_pixels=LIMIT), spec)
+    pixels = decode_pixels(data, max_pixels=LIMIT, min_side=decode_side(spec.size))
+    assert pixels.dtype == np.uint8  # an 8-bit PNG stays 8-bit until it is model-sized
+    np.testing.assert_array_equal(preprocess(data, spec), to_model_input(pixels, spec))
+    # The float image decode_image gives resizes to the same array within 8-bit rounding.
+    np.testing.assert_allclose(
+        preprocess(data, spec), to_model_input(decode_image(data, max_pixels=LIMIT), spec),
+        atol=1.0 / 255.0,
     )
 
 
