@@ -316,3 +316,29 @@ def test_fits_stretch_needs_no_matplotlib() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- issue 11: FITS north up
+
+
+def test_fits_is_shown_north_up_as_every_viewer_shows_it() -> None:
+    # FITS row 1 is the bottom of the picture (ds9, astropy's imshow(origin="lower"),
+    # survey cutouts north up). A bright blob in the file's first rows, on the left, must
+    # come out at the bottom left of the decoded image, the seen image and the model input.
+    from shared.seen import seen_png
+
+    plane = np.zeros((40, 60), np.float32)
+    plane[2:8, 3:12] = 1000.0  # first rows of the file = bottom; low columns = left
+    plane[30:36, 45:50] = 300.0  # a fainter one at the top right
+    buf = io.BytesIO()
+    fits.PrimaryHDU(plane).writeto(buf)
+    data = buf.getvalue()
+    image = decode_image(data, max_pixels=LIMIT)
+    assert image[-5, 6].min() > 0.9 and image[5, 6].max() < 0.1  # bottom left, not top left
+    assert image[6, 47].min() > 0.3 and image[-6, 47].max() < 0.1  # top right
+    model = preprocess(data, InputSpec(size=30))
+    assert model[20:25, :6].mean() > model[5:10, :6].mean() + 0.3  # lower half holds the blob
+    seen = np.asarray(Image.open(io.BytesIO(seen_png(data, max_pixels=LIMIT))))
+    assert seen.shape == (256, 256, 3)
+    # 60 px wide → 256: rows pad by 43 px; the blob lands on rows ~136-162, columns ~13-51.
+    assert seen[140:160, 15:45].mean() > 200 and seen[55:75, 15:45].mean() < 20
