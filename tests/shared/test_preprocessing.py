@@ -340,5 +340,5 @@ def test_fits_is_shown_north_up_as_every_viewer_shows_it() -> None:
     assert model[20:25, :6].mean() > model[5:10, :6].mean() + 0.3  # lower half holds the blob
     seen = np.asarray(Image.open(io.BytesIO(seen_png(data, max_pixels=LIMIT))))
     assert seen.shape == (256, 256, 3)
-    # 60 px wide → 256: rows pad by 43 px; the blob lands on rows ~136-162, columns ~13-51.
-    assert seen[140:160, 15:45].mean() > 200 and seen[55:75, 15:45].mean() < 20
+    # 60 px wide → 256 (×4.27) with 10 rows of padding above: the blob lands on rows ~180-203.
+    assert seen[184:200, 15:45].mean() > 200 and seen[55:75, 15:45].mean() < 20
