@@ -331,13 +331,15 @@ def decode_side(size: int) -> int:
     return max(DRAFT_FACTOR * size, DRAFT_MIN_SIDE)
 
 
-def _decode(data: bytes, max_pixels: int, min_side: int | None) -> tuple[np.ndarray, bool]:
-    """The pixels, and whether another ``min_side`` could have given other pixels."""
+def _decode(data: bytes, max_pixels: int, min_side: int | None) -> tuple[np.ndarray, bool, bool]:
+    """The pixels; whether another ``min_side`` could have given other pixels; whether
+    they are the full resolution."""
     if _is_fits(data):
-        return _fits_array(data, max_pixels), False
+        return _fits_array(data, max_pixels), False, True
     img = _open_pillow(data, max_pixels)
-    drafted = _draft(img, min_side)
-    return _pillow_pixels(img), drafted
+    size = img.size
+    depends = _draft(img, min_side)
+    return _pillow_pixels(img), depends, img.size == size
 
 
 def decode_pixels(data: bytes, *, max_pixels: int, min_side: int | None = None) -> np.ndarray:
@@ -401,30 +403,45 @@ class DecodedImage:
     def __init__(self, source: bytes | np.ndarray, *, max_pixels: int = 50_000_000) -> None:
         self._data: bytes | None = None
         self._max_pixels = max_pixels
-        # decode side → pixels; the key None means "the same for every side".
-        self._decoded: dict[int | None, np.ndarray] = {}
+        # The min_side asked for → (pixels, full resolution?); the key None means "the
+        # same for every min_side" (anything but a JPEG, or pixels given).
+        self._decoded: dict[int | None, tuple[np.ndarray, bool]] = {}
         if isinstance(source, np.ndarray):
-            self._decoded[None] = source
+            self._decoded[None] = (source, True)
         else:
             self._data = bytes(source)
 
+    def _get(self, min_side: int) -> np.ndarray:
+        if None in self._decoded:
+            return self._decoded[None][0]
+        if min_side not in self._decoded:
+            assert self._data is not None
+            pixels, depends, full = _decode(self._data, self._max_pixels, min_side)
+            self._decoded[min_side if depends else None] = (pixels, full)
+            return pixels
+        return self._decoded[min_side][0]
+
     def pixels(self, size: int) -> np.ndarray:
-        """The decoded pixels for a ``size``-pixel output (see :func:`decode_pixels`).
+        """The decoded pixels for a ``size``-pixel model input (see :func:`decode_pixels`).
 
         Raises
         ------
         InvalidImage, ImageTooLarge, UnsupportedMediaType
             On the first call that decodes.
         """
-        if None in self._decoded:
-            return self._decoded[None]
-        side = decode_side(size)
-        if side not in self._decoded:
-            assert self._data is not None
-            pixels, drafted = _decode(self._data, self._max_pixels, side)
-            self._decoded[side if drafted else None] = pixels
-            return pixels
-        return self._decoded[side]
+        return self._get(decode_side(size))
+
+    def pixels_covering(self, side: int) -> np.ndarray:
+        """Pixels at least ``side`` long (or the whole image), for a picture people look at.
+
+        Any decode already made that is large enough serves (the page's 256 px seen
+        image comes from the models' decode); otherwise a JPEG is decoded again, drafted
+        to ``side``.
+        """
+        for pixels, full in self._decoded.values():
+            if full or max(pixels.shape[:2]) >= side:
+                return pixels
+        return self._get(side)
 
     def model_input(self, spec: InputSpec) -> np.ndarray:
         """What ``spec``'s model takes: :func:`to_model_input` of :meth:`pixels`."""

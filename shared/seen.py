@@ -15,7 +15,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from shared.preprocessing import DRAFT_FACTOR, DecodedImage, to_model_input
+from shared.preprocessing import DecodedImage, to_model_input
 from shared.registry import InputSpec
 
 __all__ = ["SEEN_SIDE", "seen_png"]
@@ -39,9 +39,7 @@ def seen_png(
         As :func:`shared.preprocessing.decode_pixels`.
     """
     decoded = data if isinstance(data, DecodedImage) else DecodedImage(data, max_pixels=max_pixels)
-    # Any decode at least `side` long serves: ask as for a model half its size.
-    pixels = decoded.pixels(max(1, side // DRAFT_FACTOR))
-    square = to_model_input(pixels, InputSpec(size=side))
+    square = to_model_input(decoded.pixels_covering(side), InputSpec(size=side))
     pixels8 = np.clip(np.rint(square * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     # Fast zlib settings: the worker renders this on the job's path; a 256 px square

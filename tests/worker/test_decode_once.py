@@ -92,7 +92,7 @@ def test_a_target_job_decodes_its_cutout_once_and_answers_on_its_seen_image(
 def test_an_upload_is_decoded_once_for_its_tasks_and_its_seen_image(
     settings: WorkerSettings, store: JobStore
 ) -> None:
-    payload = encode(ellipse(700, axis_ratio=0.3), "JPEG", quality=90)
+    payload = encode(ellipse(1024, axis_ratio=0.3), "JPEG", quality=90)  # drafted
     job = submit_image_job(store, payload, tasks=("inclination",))
     with counting_decodes() as counts:
         answer_job(get_runtime(settings), job)
