@@ -63,9 +63,15 @@ class ImageSources:
         try:
             self._provider = provider_from_settings(settings)
         except ValueError as exc:
+            fix = (
+                "add the template's host to SKYSERVE_CUTOUT_ALLOWED_HOSTS or change "
+                "SKYSERVE_CUTOUT_URL_TEMPLATE"
+                if "allowlist" in str(exc)
+                else "fix the SKYSERVE_CUTOUT_* settings named there"
+            )
             self._provider_problem = (
                 f"This worker cannot fetch cutouts: its cutout settings are invalid ({exc}). "
-                f"An operator must fix the SKYSERVE_CUTOUT_* settings. {UPLOAD_INSTEAD}"
+                f"An operator must {fix}. {UPLOAD_INSTEAD}"
             )
             logger.error("Cutout provider not built: %s", exc)
         if self._provider is None and self._provider_problem is None:
