@@ -1,6 +1,7 @@
 """Preprocessing speed: today's one function against the pre-issue-11 one, in the same run.
 
-Prints, per format and size (256 and 1024 px), the median milliseconds to turn the
+Prints, per format and size (256 and 1024 px), the milliseconds (best of N runs, old
+and new alternating, so both see the same load on a shared machine) to turn the
 encoded bytes into one 64 px model input — the old function (full float32 decode,
 three float channels resized one by one; kept verbatim in
 ``tests/helpers/preprocess_reference.py``) against today's (8-bit resize, JPEG draft
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -77,14 +77,20 @@ def encoded(image: Image.Image, side: int) -> dict[str, bytes]:
     }
 
 
-def median_ms(work: Callable[[], object], repeat: int) -> float:
-    work()  # warm caches and imports
-    times = []
+def paired_ms(old: Callable[[], object], new: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Best milliseconds of ``old`` and of ``new``, run alternately.
+
+    Alternating puts both under the same background load; the best of the runs is the
+    one least disturbed by the other processes of a shared machine (as ``timeit`` does).
+    """
+    old(), new()  # warm caches and imports
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+        for work, into in ((old, times[0]), (new, times[1])):
+            start = time.perf_counter()
+            work()
+            into.append(time.perf_counter() - start)
+    return min(times[0]) * 1000.0, min(times[1]) * 1000.0
 
 
 def old_seen_png(data: bytes) -> bytes:
@@ -99,17 +105,18 @@ def old_seen_png(data: bytes) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=30, help="timed runs per case (median)")
+    parser.add_argument("--repeat", type=int, default=30, help="timed runs per case (best kept)")
     parser.add_argument("--size", type=int, default=64, help="model input side (the defaults: 64)")
     args = parser.parse_args()
     spec = InputSpec(size=args.size)
     image, source = picture()
-    print(f"preprocess → {args.size} px model input; picture: {source}; median of {args.repeat}")
+    print(f"preprocess → {args.size} px model input; picture: {source}; best of {args.repeat}, "
+          "old and new alternating")
     print(f"{'format':<10} {'px':>5} {'old ms':>8} {'new ms':>8} {'old/new':>8} {'max |Δ|':>9}")
     for side in (256, 1024):
         for name, data in encoded(image, side).items():
-            old = median_ms(lambda d=data: reference_preprocess(d, spec), args.repeat)
-            new = median_ms(lambda d=data: preprocess(d, spec), args.repeat)
+            old, new = paired_ms(lambda d=data: reference_preprocess(d, spec),
+                                 lambda d=data: preprocess(d, spec), args.repeat)
             new_array = preprocess(data, spec)
             old_array = reference_preprocess(data, spec)
             if name == "FITS":  # now north up on purpose: compare with the old one flipped
@@ -144,16 +151,16 @@ def main() -> None:
             return decoded.model_input(spec), seen_png(decoded, max_pixels=LIMIT)
 
         print(f"{'path':<34} {'decodes':>7} {'PNG enc':>7} {'ms':>8}")
-        for label, work in (
-            ("target cutout (256 px JPEG), old", old_target),
-            ("target cutout (256 px JPEG), now", new_target),
-            ("upload (1024 px JPEG) + seen, old", old_upload),
-            ("upload (1024 px JPEG) + seen, now", new_upload),
+        for what, old_work, new_work in (
+            ("target cutout (256 px JPEG)", old_target, new_target),
+            ("upload (1024 px JPEG) + seen", old_upload, new_upload),
         ):
-            with counting_decodes() as counts:
-                work()
-            ms = median_ms(work, args.repeat)
-            print(f"{label:<34} {decodes(counts):>7} {counts['encode:PNG']:>7} {ms:>8.2f}")
+            times = paired_ms(old_work, new_work, args.repeat)
+            for label, work, ms in (("old", old_work, times[0]), ("now", new_work, times[1])):
+                with counting_decodes() as counts:
+                    work()
+                print(f"{what + ', ' + label:<34} {decodes(counts):>7} {counts['encode:PNG']:>7} "
+                      f"{ms:>8.2f}")
     print("(old target path: body check + orientation + the PNG read back; a batch row also "
           "skips the PNG encode now)")
 
