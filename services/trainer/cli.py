@@ -248,6 +248,45 @@ def evaluate_command(
         console.print(f"[dim]{note}[/dim]")
 
 
+@app.command("republish")
+def republish_command(
+    task: Annotated[str, typer.Argument(help="A published task.")],
+    version: Annotated[int | None, typer.Argument(help="Its version (default: the latest).")]
+    = None,
+    models_dir: ModelsDir = None, threads: Threads = None, workers: Workers = None,
+    verbose: Verbose = False,
+) -> None:
+    """Publish a version's members again as a new version: the calibration the release
+    path fits on validation today (a regression's bias and error model) and the metrics
+    it measures as served today. The published version itself is never edited."""
+    settings = _setup(verbose)
+    from services.trainer.evaluate.published import republish
+    from shared.errors import SkyserveError
+    from shared.taskdefs import get_task_definition
+
+    root = models_dir or settings.models_dir
+    command = "skyserve-train republish " + shlex.join(
+        [task] + ([str(version)] if version is not None else []))
+    console.print(f"[dim]{command}[/dim]")
+    try:
+        manifest, metrics = republish(task, version, models_dir=root, command=command,
+                                        threads=threads or settings.trainer_threads,
+                                        workers=workers or settings.trainer_render_workers)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    except SkyserveError as exc:
+        raise _fail(exc.detail) from exc  # type: ignore[arg-type]
+    from services.trainer.manifest import headline_rows
+
+    table = Table(title=f"{task} v{manifest.version} — republished, as served")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in headline_rows(get_task_definition(task, root), metrics):
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"published to [bold]{Path(root) / task / str(manifest.version)}[/bold]")
+
+
 @app.command()
 def architectures() -> None:
     """List the bodies the trainer can build (parameters and MFLOP with a regression head)."""
