@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.worker.answers import ModelSet, answer, prepare  # noqa: E402
+from services.worker.answers import ModelSet, answer, evidence_model, prepare  # noqa: E402
 from services.worker.sessions import SessionCache  # noqa: E402
 from shared.registry import RegistryReader  # noqa: E402
 from shared.settings import REPO_ROOT  # noqa: E402
@@ -77,7 +77,8 @@ def main() -> None:
     cache = SessionCache(RegistryReader(args.models_dir), providers=["CPUExecutionProvider"],
                          intra_op_threads=0)
     models = ModelSet({TASK: cache.get(TASK)},
-                      evidence={n: cache.get(n) for n in definitions[TASK].evidence_tasks})
+                      evidence={n: evidence_model(cache.get(n))
+                                for n in definitions[TASK].evidence_tasks})
     rows = spirals()
     prepared = [prepare((folder / r["file"]).read_bytes(), models, max_pixels=50_000_000)
                 for r in rows]

@@ -10,7 +10,10 @@ cluster, an elliptical, a face-on disk or an empty field) gets its evidence in t
 same job: :func:`load_models` adds the evidence tasks' models (``ModelSet.evidence``)
 when they were not asked for, :func:`answer` runs them on the same images and
 :func:`shared.applicability.judge` marks each answer ``applicable`` or not. Evidence
-answers nobody asked for are not returned.
+answers nobody asked for are not returned. An evidence task that was asked for is
+judged by its served answer; one that was not runs a cheap pass
+(:func:`evidence_model`: every member on the image as it is, MC dropout's
+deterministic pass), so judging costs about as much as the inclination itself.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,8 +35,8 @@ from shared.preprocessing import preprocess
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["ModelSet", "Prepared", "Stopwatch", "answer", "load_models", "prepare",
-           "requested_tasks"]
+__all__ = ["ModelSet", "Prepared", "Stopwatch", "answer", "evidence_model", "load_models",
+           "prepare", "requested_tasks"]
 
 #: One image preprocessed for every input spec the requested models use (spec key → array).
 Prepared = dict[str, np.ndarray]
@@ -96,14 +100,27 @@ def requested_tasks(runtime: WorkerRuntime, tasks: Sequence[str]) -> list[str]:
     return names
 
 
+def evidence_model(model: LoadedModel) -> LoadedModel:
+    """``model`` as a cheap evidence pass: the identity view only (no test-time transforms)
+    and, with MC dropout, one all-ones mask (the members' deterministic output)."""
+    manifest = model.manifest
+    update: dict[str, object] = {"tta": ["identity"]}
+    mc = manifest.output.mc_dropout
+    if mc is not None:  # rate 0 keeps every unit: the mask is all ones
+        update["output"] = manifest.output.model_copy(
+            update={"mc_dropout": mc.model_copy(update={"samples": 1, "rate": 0.0})})
+    return replace(model, manifest=manifest.model_copy(update=update))
+
+
 def load_models(
     runtime: WorkerRuntime, tasks: Sequence[str], versions: Mapping[str, int]
 ) -> ModelSet:
     """The loaded version of each requested task: the pinned one, else the latest.
 
     The evidence tasks of the requested tasks' applicability rules are loaded too
-    (pinned or latest) when not requested; one that is not served, or fails to load,
-    is left out and the rules reading it are not judged.
+    (pinned or latest, as a cheap :func:`evidence_model` pass) when not requested; one
+    that is not served, or fails to load, is left out and the rules reading it are not
+    judged.
 
     Raises
     ------
@@ -118,9 +135,10 @@ def load_models(
             if evidence in models or evidence in models.evidence or evidence not in definitions:
                 continue
             try:
-                models.evidence[evidence] = runtime.sessions.get(evidence, versions.get(evidence))
+                loaded = runtime.sessions.get(evidence, versions.get(evidence))
             except SkyserveError:  # not served here: the rules reading it stay unjudged
                 continue
+            models.evidence[evidence] = evidence_model(loaded)
     return models
 
 

@@ -51,7 +51,7 @@ def test_a_good_disk_applies_and_records_what_was_read() -> None:
 
 
 @pytest.mark.parametrize(("answers", "words"), [
-    ({"object-type": object_type("emission_nebula", 0.7)}, "emission nebula (70 %)"),
+    ({"object-type": object_type("emission_nebula", 0.95)}, "emission nebula (95 %)"),
     ({"rejection": rejection(face_on=0.8)}, "face-on (80 %)"),
     ({"rejection": rejection(low_snr=0.9)}, "too little signal"),
     ({"morphology": morphology(0.8)}, "smooth (80 %"),
@@ -66,7 +66,7 @@ def test_each_kind_of_non_disk_is_flagged_with_its_reason(answers: dict, words: 
 
 def test_an_unsure_object_type_or_missing_evidence_does_not_decide() -> None:
     # A top class other than galaxy below the threshold does not fire.
-    assert judge(INCLINATION, {"object-type": object_type("open_cluster", 0.4)}).applicable
+    assert judge(INCLINATION, {"object-type": object_type("open_cluster", 0.6)}).applicable
     verdict = judge(INCLINATION, {})
     assert verdict.applicable is None
     assert set(verdict.missing) == {"object-type", "rejection", "morphology"}
