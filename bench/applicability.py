@@ -58,8 +58,8 @@ def synthetic(n: int, base: int = BENCH_SEED) -> dict[str, list[bytes]]:
     from services.trainer.data import scenes
     from services.trainer.data.labelled import example_seed
     from services.trainer.data.morphology import render_morphology
-    from services.trainer.data.render import encode_png, sample_params
     from services.trainer.data.rejection import render_rejection
+    from services.trainer.data.render import encode_png, sample_params
 
     def seed(category: int, i: int) -> int:
         return example_seed(base + category, i)

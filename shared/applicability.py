@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from shared.schemas import TaskResult
 from shared.taskdefs import ApplicabilityRule, TaskDefinition
 
-__all__ = ["Verdict", "evidence_value", "judge", "apply_verdict"]
+__all__ = ["Verdict", "apply_verdict", "evidence_value", "judge"]
 
 
 @dataclass

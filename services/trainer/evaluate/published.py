@@ -11,8 +11,8 @@ default recipe file, after checking that its seeds and sizes are the recorded on
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
