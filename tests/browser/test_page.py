@@ -75,8 +75,10 @@ def test_png_upload_reads_every_answer(page: Any, system: RunningSystem, tmp_pat
     incl = card.locator("[data-task=inclination]")
     headline = incl.locator(".headline").inner_text()
     assert f"{tasks['inclination']['value']:.1f}" in headline
-    assert re.search(r"± 2\.5°", headline), headline  # the held-out RMS, not the spread
-    assert "held-out" in incl.inner_text() and "45°" in incl.inner_text()
+    # This answer's calibrated 1σ error, not the members' spread.
+    error = tasks["inclination"]["summary"]["error"]
+    assert f"± {error:.1f}°" in headline, headline
+    assert "1σ error, calibrated on held-out" in incl.inner_text() and "45°" in incl.inner_text()
 
     verdict = card.locator("[data-task=rejection] .verdict").inner_text()
     expected = "reject" if tasks["rejection"]["value"] >= 0.5 else "keep"
@@ -90,7 +92,7 @@ def test_png_upload_reads_every_answer(page: Any, system: RunningSystem, tmp_pat
     assert members.locator("tbody tr").count() == 3
 
     assert _seen_image_loaded(card) == 256
-    assert "inclination v2" in card.locator("footer").inner_text()
+    assert "inclination v3" in card.locator("footer").inner_text()
     json_link = card.locator("footer a", has_text="JSON").get_attribute("href")
     assert httpx.get(f"{system.url}/{json_link}", timeout=10).json()["id"] == job["id"]
     page.wait_for_function("document.getElementById('announcer').textContent.includes('Answer for')")
