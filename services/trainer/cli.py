@@ -6,7 +6,8 @@ with the same options: each one overrides a recipe field for this run and is rec
 in the manifest with the resolved recipe. ``--tiny`` runs the recipe's seconds-long
 variant; ``--resume RUN_DIR`` finishes a run whose export, parity check or
 evaluation failed, from its saved members. ``evaluate`` re-evaluates a published
-version through the served path; ``catalog`` trains a task defined by a user's CSV;
+version through the served path; ``republish`` publishes a version's members again as
+a new version with today's calibration and metrics; ``catalog`` trains a task defined by a user's CSV;
 ``architectures`` lists the bodies. Heavy libraries load inside commands, so
 ``--help`` is instant.
 """
