@@ -341,21 +341,32 @@ def test_a_not_applicable_answer_is_flagged(page: Any, system: RunningSystem, tm
 
 def test_model_card_pages(page: Any, system: RunningSystem) -> None:
     page.goto(f"{system.url}/#/models")
-    page.get_by_role("link", name=re.compile("Spiral galaxy inclination")).click()
+    # Every published version has a card; the one serving now says so.
+    page.get_by_role("link", name=re.compile(r"Spiral galaxy inclination.*\(serving\)")).click()
     page.wait_for_selector("#mc-use")
     text = page.locator("#view-models").inner_text()
     for part in ("Intended use", "Known limitations", "Held-out metrics", "Training data",
-                 "Licence and citation", "GalSim", "2.51°"):
+                 "Licence and citation", "GalSim", "2.51°", "When an answer does not apply",
+                 "Truths within the stated ±1σ"):
         assert part in text, part
     plots = page.locator(".plots img")
-    assert plots.count() == 2
+    from shared.registry import RegistryReader
+    from shared.settings import REPO_ROOT
+
+    served = RegistryReader(REPO_ROOT / "models")
+    folder = served.version_dir("inclination", served.latest("inclination"))
+    assert plots.count() == len(list(folder.glob("*.png"))) >= 2
     for i in range(plots.count()):
+        plots.nth(i).scroll_into_view_if_needed()  # plots load lazily
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plots.nth(i).element_handle())
     page.goto(f"{system.url}/#/models/object-type/2")
     page.wait_for_selector("#mc-limits")
     assert "reflection nebula, supernova remnant, protoplanetary nebula" in page.locator(
         "#view-models"
     ).inner_text()
+    page.goto(f"{system.url}/#/models/object-type/3")
+    page.wait_for_selector("#mc-metrics")
+    assert "Accuracy, supported classes" in page.locator("#view-models").inner_text()
 
 
 def test_api_docs_work_offline(page: Any, system: RunningSystem) -> None:

@@ -64,6 +64,16 @@ const METRIC_LABELS = {
   bias_b: "bias correction: offset b (°)",
   parity_max_abs_diff: "ONNX export vs. Keras: largest difference",
   mc_samples: "MC dropout samples",
+  error_floor: "error model: floor a (°)",
+  error_spread_scale: "error model: factor k on the spread",
+  error_coverage_1sigma: "truths within the stated ±1σ",
+  error_coverage_2sigma: "truths within the stated ±2σ",
+  error_median_deg: "median stated 1σ (°)",
+  error_rms_deg: "RMS of the stated 1σ (°)",
+  supported_accuracy: "accuracy, supported classes",
+  supported_macro_recall: "macro recall, supported classes",
+  n_supported: "held-out images of supported classes",
+  unsupported_top_share: "share answered with an unsupported class",
 };
 const METRIC_WORDS = { rms: "RMS", mae: "MAE", nll: "NLL", f1: "F1", val: "validation", deg: "(°)", q0: "q₀" };
 
