@@ -4,6 +4,16 @@
 calls it from its fetch threads, one row at a time); :func:`answer` stacks prepared
 images and runs each task's ensemble once over all of them, so a chunk of rows is
 one batch per task, and a single job is simply a batch of one.
+
+A task whose definition has applicability rules (inclination: not a nebula, a
+cluster, an elliptical, a face-on disk or an empty field) gets its evidence in the
+same job: :func:`load_models` adds the evidence tasks' models (``ModelSet.evidence``)
+when they were not asked for, :func:`answer` runs them on the same images and
+:func:`shared.applicability.judge` marks each answer ``applicable`` or not. Evidence
+answers nobody asked for are not returned. An evidence task that was asked for is
+judged by its served answer; one that was not runs a cheap pass
+(:func:`evidence_model`: every member on the image as it is, MC dropout's
+deterministic pass), so judging costs about as much as the inclination itself.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,15 +29,33 @@ import numpy as np
 from services.worker.inference import predict as predict_images
 from services.worker.runtime import WorkerRuntime
 from services.worker.sessions import LoadedModel
-from shared.errors import InvalidRequest, NonFiniteAnswer, UnknownTask
+from shared.applicability import apply_verdict, judge
+from shared.errors import InvalidRequest, NonFiniteAnswer, SkyserveError, UnknownTask
 from shared.preprocessing import DecodedImage
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["Prepared", "Stopwatch", "answer", "load_models", "prepare", "requested_tasks"]
+__all__ = ["ModelSet", "Prepared", "Stopwatch", "answer", "evidence_model", "load_models",
+           "prepare", "requested_tasks"]
 
 #: One image preprocessed for every input spec the requested models use (spec key → array).
 Prepared = dict[str, np.ndarray]
+
+
+class ModelSet(dict[str, LoadedModel]):
+    """The requested tasks' loaded versions (task → model), plus ``evidence``: the
+    models of tasks the applicability rules read that were not requested. They are
+    run and judged with, never answered; a job's ``models`` lists only the requested.
+    """
+
+    def __init__(self, models: Mapping[str, LoadedModel] = (),  # type: ignore[assignment]
+                 evidence: Mapping[str, LoadedModel] | None = None) -> None:
+        super().__init__(models)
+        self.evidence: dict[str, LoadedModel] = dict(evidence or {})
+
+    def every(self) -> dict[str, LoadedModel]:
+        """Requested and evidence models together."""
+        return {**self, **self.evidence}
 
 
 class Stopwatch:
@@ -71,10 +100,27 @@ def requested_tasks(runtime: WorkerRuntime, tasks: Sequence[str]) -> list[str]:
     return names
 
 
+def evidence_model(model: LoadedModel) -> LoadedModel:
+    """``model`` as a cheap evidence pass: the identity view only (no test-time transforms)
+    and, with MC dropout, one all-ones mask (the members' deterministic output)."""
+    manifest = model.manifest
+    update: dict[str, object] = {"tta": ["identity"]}
+    mc = manifest.output.mc_dropout
+    if mc is not None:  # rate 0 keeps every unit: the mask is all ones
+        update["output"] = manifest.output.model_copy(
+            update={"mc_dropout": mc.model_copy(update={"samples": 1, "rate": 0.0})})
+    return replace(model, manifest=manifest.model_copy(update=update))
+
+
 def load_models(
     runtime: WorkerRuntime, tasks: Sequence[str], versions: Mapping[str, int]
-) -> dict[str, LoadedModel]:
+) -> ModelSet:
     """The loaded version of each requested task: the pinned one, else the latest.
+
+    The evidence tasks of the requested tasks' applicability rules are loaded too
+    (pinned or latest, as a cheap :func:`evidence_model` pass) when not requested; one
+    that is not served, or fails to load, is left out and the rules reading it are not
+    judged.
 
     Raises
     ------
@@ -82,7 +128,18 @@ def load_models(
         InvalidRequest, UnknownTask, UnknownModelVersion, ModelIntegrityError.
     """
     names = requested_tasks(runtime, tasks)
-    return {name: runtime.sessions.get(name, versions.get(name)) for name in names}
+    models = ModelSet({name: runtime.sessions.get(name, versions.get(name)) for name in names})
+    definitions = runtime.sessions.task_definitions
+    for name in names:
+        for evidence in definitions[name].evidence_tasks:
+            if evidence in models or evidence in models.evidence or evidence not in definitions:
+                continue
+            try:
+                loaded = runtime.sessions.get(evidence, versions.get(evidence))
+            except SkyserveError:  # not served here: the rules reading it stay unjudged
+                continue
+            models.evidence[evidence] = evidence_model(loaded)
+    return models
 
 
 def _spec_key(model: LoadedModel) -> str:
@@ -108,7 +165,8 @@ def prepare(
     """
     decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, max_pixels=max_pixels)
     prepared: Prepared = {}
-    for model in models.values():
+    every = models.every() if isinstance(models, ModelSet) else models
+    for model in every.values():
         key = _spec_key(model)
         if key not in prepared:
             prepared[key] = decoded.model_input(model.manifest.input)
@@ -130,7 +188,8 @@ def answer(
     definitions
         Task name → definition.
     models
-        Task name → loaded version (from :func:`load_models`).
+        Task name → loaded version (from :func:`load_models`); a :class:`ModelSet`'s
+        evidence models run too, their answers only judge applicability.
     images
         Images as :func:`prepare` returns them for the same ``models``.
     max_batch_size
@@ -151,7 +210,8 @@ def answer(
     answers: list[dict[str, TaskResult]] = [{} for _ in images]
     if not images:
         return answers
-    for name, model in models.items():
+    every = models.every() if isinstance(models, ModelSet) else dict(models)
+    for name, model in every.items():
         key = _spec_key(model)
         batch = np.stack([image[key] for image in images])
         results = predict_images(definitions[name], model, batch, max_batch_size=max_batch_size)
@@ -166,7 +226,14 @@ def answer(
                 )
             slot[name] = result
         if watch is not None:
-            watch.lap(f"infer:{name}")
+            watch.lap(f"infer:{name}" if name in models else f"evidence:{name}")
+    judged = [name for name in models if definitions[name].applicability]
+    for slot in answers:
+        for name in judged:
+            slot[name] = apply_verdict(slot[name], judge(definitions[name], slot))
+        for name in list(slot):
+            if name not in models:  # evidence nobody asked for
+                del slot[name]
     return answers
 
 
