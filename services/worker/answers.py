@@ -11,19 +11,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from services.worker.inference import predict as predict_images
-from services.worker.runtime import WorkerRuntime
 from services.worker.sessions import LoadedModel
 from shared.errors import InvalidRequest, NonFiniteAnswer, UnknownTask
 from shared.preprocessing import preprocess
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["Prepared", "Stopwatch", "answer", "load_models", "prepare", "requested_tasks"]
+if TYPE_CHECKING:  # the runtime holds the micro-batcher, which answers through this module
+    from services.worker.runtime import WorkerRuntime
+
+__all__ = [
+    "Prepared",
+    "Stopwatch",
+    "answer",
+    "answer_task",
+    "load_models",
+    "prepare",
+    "requested_tasks",
+    "spec_key",
+]
 
 #: One image preprocessed for every input spec the requested models use (spec key → array).
 Prepared = dict[str, np.ndarray]
@@ -85,7 +96,8 @@ def load_models(
     return {name: runtime.sessions.get(name, versions.get(name)) for name in names}
 
 
-def _spec_key(model: LoadedModel) -> str:
+def spec_key(model: LoadedModel) -> str:
+    """The key of ``model``'s input spec in a :data:`Prepared` image."""
     return model.manifest.input.model_dump_json()
 
 
@@ -99,7 +111,7 @@ def prepare(payload: bytes, models: Mapping[str, LoadedModel], *, max_pixels: in
     """
     prepared: Prepared = {}
     for model in models.values():
-        key = _spec_key(model)
+        key = spec_key(model)
         if key not in prepared:
             prepared[key] = preprocess(payload, model.manifest.input, max_pixels=max_pixels)
     return prepared
@@ -142,22 +154,51 @@ def answer(
     if not images:
         return answers
     for name, model in models.items():
-        key = _spec_key(model)
+        key = spec_key(model)
         batch = np.stack([image[key] for image in images])
-        results = predict_images(definitions[name], model, batch, max_batch_size=max_batch_size)
+        results = answer_task(definitions[name], name, model, batch, max_batch_size=max_batch_size)
         for slot, result in zip(answers, results, strict=True):
-            if not _finite(result.model_dump()):
-                raise NonFiniteAnswer(
-                    f"Version {model.version} of {name!r} answered NaN or infinity for this "
-                    "image, so no result is stored. The model is faulty; an operator has to "
-                    "replace it (pin another version with 'versions' meanwhile).",
-                    task=name,
-                    model_version=model.version,
-                )
+            if isinstance(result, NonFiniteAnswer):
+                raise result
             slot[name] = result
         if watch is not None:
             watch.lap(f"infer:{name}")
     return answers
+
+
+def answer_task(
+    definition: TaskDefinition,
+    name: str,
+    model: LoadedModel,
+    images: np.ndarray,
+    *,
+    max_batch_size: int,
+) -> list[TaskResult | NonFiniteAnswer]:
+    """Run one task's ensemble once over ``images``; per image its answer, or the
+    :class:`NonFiniteAnswer` it would be refused with.
+
+    The refusal is per image so that a micro-batch of unrelated jobs
+    (:mod:`services.worker.microbatch`) fails only the job it concerns; :func:`answer`
+    raises the first one for a whole job or chunk.
+
+    Raises
+    ------
+    ModelIntegrityError
+        If a model's outputs do not fit its task.
+    """
+    results = predict_images(definition, model, images, max_batch_size=max_batch_size)
+    return [
+        result
+        if _finite(result.model_dump())
+        else NonFiniteAnswer(
+            f"Version {model.version} of {name!r} answered NaN or infinity for this "
+            "image, so no result is stored. The model is faulty; an operator has to "
+            "replace it (pin another version with 'versions' meanwhile).",
+            task=name,
+            model_version=model.version,
+        )
+        for result in results
+    ]
 
 
 def _numbers(value: Any) -> Iterator[float]:
