@@ -45,8 +45,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.local_stack import free_port, start_redis, start_worker, stop  # noqa: E402
-from shared.settings import REPO_ROOT  # noqa: E402
+from services.local_stack import free_port, start_redis, start_worker, stop
+from shared.settings import REPO_ROOT
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 CORES = os.cpu_count() or 1
@@ -65,17 +65,31 @@ def _png(seed: int) -> bytes:
 def setups(max_size: int, max_wait_ms: float) -> dict[str, tuple[str, int, dict[str, str]]]:
     """Set-up name → (pool, concurrency, extra environment)."""
     return {
-        "prefork": ("prefork", CORES, {"SKYSERVE_INTRA_OP_THREADS": "1",
-                                       "SKYSERVE_MICROBATCH_MAX_SIZE": "1"}),
-        "threads-off": ("threads", 32, {"SKYSERVE_INTRA_OP_THREADS": str(CORES),
-                                        "SKYSERVE_MICROBATCH_MAX_SIZE": "1"}),
-        "threads-on": ("threads", 32, {"SKYSERVE_INTRA_OP_THREADS": str(CORES),
-                                       "SKYSERVE_MICROBATCH_MAX_SIZE": str(max_size),
-                                       "SKYSERVE_MICROBATCH_MAX_WAIT_MS": str(max_wait_ms)}),
+        "prefork": (
+            "prefork",
+            CORES,
+            {"SKYSERVE_INTRA_OP_THREADS": "1", "SKYSERVE_MICROBATCH_MAX_SIZE": "1"},
+        ),
+        "threads-off": (
+            "threads",
+            32,
+            {"SKYSERVE_INTRA_OP_THREADS": str(CORES), "SKYSERVE_MICROBATCH_MAX_SIZE": "1"},
+        ),
+        "threads-on": (
+            "threads",
+            32,
+            {
+                "SKYSERVE_INTRA_OP_THREADS": str(CORES),
+                "SKYSERVE_MICROBATCH_MAX_SIZE": str(max_size),
+                "SKYSERVE_MICROBATCH_MAX_WAIT_MS": str(max_wait_ms),
+            },
+        ),
     }
 
 
-async def _client(url: str, deadline: float, times: list[float], errors: list[str], seed: int) -> None:
+async def _client(
+    url: str, deadline: float, times: list[float], errors: list[str], seed: int
+) -> None:
     images = [_png(seed * 100 + i) for i in range(8)]
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         n = 0
@@ -138,8 +152,14 @@ def _wait_ready(url: str, timeout_s: float = 180.0) -> None:
     raise RuntimeError(f"{url} did not become ready in {timeout_s:.0f} s")
 
 
-def run_setup(name: str, pool: str, concurrency: int, extra: dict[str, str],
-              clients: list[int], seconds: float) -> list[tuple[int, float, float, float, str, str]]:
+def run_setup(
+    name: str,
+    pool: str,
+    concurrency: int,
+    extra: dict[str, str],
+    clients: list[int],
+    seconds: float,
+) -> list[tuple[int, float, float, float, str, str]]:
     """Start a stack for one set-up, run every client count, return the table rows."""
     rows = []
     with ExitStack() as stack:
@@ -161,9 +181,20 @@ def run_setup(name: str, pool: str, concurrency: int, extra: dict[str, str],
         stack.callback(stop, worker)
         port = free_port()
         api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "services.api.app:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-             "--no-access-log"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "services.api.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
             env={**os.environ, **env, "SKYSERVE_LOG_LEVEL": "WARNING"},
             cwd=REPO_ROOT,
         )
@@ -182,9 +213,16 @@ def run_setup(name: str, pool: str, concurrency: int, extra: dict[str, str],
             images = after["images"] - before["images"]
             ms = np.asarray(times) * 1000 if times else np.asarray([np.nan])
             batches = f"{images / runs:.1f} mean, {after['largest']} largest" if runs else "-"
-            rows.append((count, len(times) / elapsed, float(np.percentile(ms, 50)),
-                         float(np.percentile(ms, 95)), batches,
-                         f"{len(errors)}" + (f" ({errors[0]}…)" if errors else "")))
+            rows.append(
+                (
+                    count,
+                    len(times) / elapsed,
+                    float(np.percentile(ms, 50)),
+                    float(np.percentile(ms, 95)),
+                    batches,
+                    f"{len(errors)}" + (f" ({errors[0]}…)" if errors else ""),
+                )
+            )
             print(f"  {name}: {count} client(s) done", file=sys.stderr, flush=True)
         client.close()
     return rows
@@ -192,15 +230,21 @@ def run_setup(name: str, pool: str, concurrency: int, extra: dict[str, str],
 
 def main() -> None:
     """Parse arguments, run each set-up, print one table."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each run")
-    parser.add_argument("--setups", nargs="+", default=["prefork", "threads-off", "threads-on"],
-                        choices=["prefork", "threads-off", "threads-on"])
+    parser.add_argument(
+        "--setups",
+        nargs="+",
+        default=["prefork", "threads-off", "threads-on"],
+        choices=["prefork", "threads-off", "threads-on"],
+    )
     parser.add_argument("--max-size", type=int, default=16, help="microbatch_max_size when on")
-    parser.add_argument("--max-wait-ms", type=float, default=3.0,
-                        help="microbatch_max_wait_ms when on")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=3.0, help="microbatch_max_wait_ms when on"
+    )
     args = parser.parse_args()
 
     table = setups(args.max_size, args.max_wait_ms)
@@ -209,16 +253,22 @@ def main() -> None:
         pool, concurrency, extra = table[name]
         results[name] = run_setup(name, pool, concurrency, extra, args.clients, args.seconds)
 
-    print(f"\n{CORES} core(s); {args.seconds:g} s per run; end to end in ms; "
-          f"on = microbatch_max_size {args.max_size}, max_wait {args.max_wait_ms:g} ms")
-    print("| set-up | clients | jobs/s | vs first set-up | p50 | p95 | images per ensemble run | errors |")
+    print(
+        f"\n{CORES} core(s); {args.seconds:g} s per run; end to end in ms; "
+        f"on = microbatch_max_size {args.max_size}, max_wait {args.max_wait_ms:g} ms"
+    )
+    print(
+        "| set-up | clients | jobs/s | vs first set-up | p50 | p95 | images per ensemble run | errors |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     base = {row[0]: row[1] for row in results[args.setups[0]]}
     for name, rows in results.items():
         for count, rate, p50, p95, batches, errors in rows:
             ratio = f"x{rate / base[count]:.2f}" if base.get(count) else "-"
-            print(f"| {name} | {count} | {rate:.1f} | {ratio} | {p50:.0f} | {p95:.0f} | "
-                  f"{batches} | {errors} |")
+            print(
+                f"| {name} | {count} | {rate:.1f} | {ratio} | {p50:.0f} | {p95:.0f} | "
+                f"{batches} | {errors} |"
+            )
 
 
 if __name__ == "__main__":

@@ -274,7 +274,10 @@ class MicroBatcher:
         try:
             batch = np.stack([item.image for item in group])
             results = answer_task(
-                first.definition, first.name, first.model, batch,
+                first.definition,
+                first.name,
+                first.model,
+                batch,
                 max_batch_size=self.max_batch_size,
             )
         except BaseException as exc:  # the model's fault: each job fails as it would alone

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from services.worker.answers import answer
 from services.worker.microbatch import MicroBatcher
 from services.worker.sessions import LoadedModel, SessionCache
-from shared.errors import NonFiniteAnswer
+from shared.errors import NonFiniteAnswer, SkyserveError
 from shared.registry import Manifest, RegistryReader
 from shared.schemas import TaskResult
 from tests.worker.onnx_models import SIZE, publish
@@ -38,9 +38,7 @@ def sessions(registry_root: Path, regression_v1: Manifest) -> Iterator[SessionCa
 
 def batcher(max_size: int = 8, max_wait_s: float = 30.0) -> MicroBatcher:
     # A long wait: a group runs because every job joined it, never because time passed.
-    return MicroBatcher(
-        max_size=max_size, max_wait_s=max_wait_s, max_batch_size=32, timeout_s=60.0
-    )
+    return MicroBatcher(max_size=max_size, max_wait_s=max_wait_s, max_batch_size=32, timeout_s=60.0)
 
 
 def images(count: int, seed: int = 3) -> list[dict[str, np.ndarray]]:
@@ -62,7 +60,7 @@ def concurrently(
     def run(k: int) -> TaskResult | Exception:
         try:
             return job(k, barrier)
-        except Exception as exc:  # the job's own failure is its outcome
+        except SkyserveError as exc:  # the job's own failure is its outcome
             return exc
 
     with ThreadPoolExecutor(count) as pool:
@@ -91,8 +89,9 @@ def test_jobs_prepared_together_share_one_run_and_get_their_own_answers(
     def job(k: int, barrier: threading.Barrier) -> TaskResult:
         with mb.preparing():
             barrier.wait()  # all six are on their way before any hands its image over
-            got = mb.answer(sessions.task_definitions, {"inclination": model},
-                            keyed(model, pictures[k]))
+            got = mb.answer(
+                sessions.task_definitions, {"inclination": model}, keyed(model, pictures[k])
+            )
         return got["inclination"]
 
     together = concurrently(6, job)
@@ -101,8 +100,9 @@ def test_jobs_prepared_together_share_one_run_and_get_their_own_answers(
     assert (figures["runs"], figures["images"], figures["largest"]) == (1, 6, 6)
     for k, result in enumerate(together):
         assert isinstance(result, TaskResult), result
-        assert numbers(result) == pytest.approx(numbers(alone(sessions, model, pictures[k])),
-                                                abs=1e-6)
+        assert numbers(result) == pytest.approx(
+            numbers(alone(sessions, model, pictures[k])), abs=1e-6
+        )
 
 
 def test_groups_hold_at_most_max_size_images(sessions: SessionCache) -> None:
@@ -113,8 +113,9 @@ def test_groups_hold_at_most_max_size_images(sessions: SessionCache) -> None:
     def job(k: int, barrier: threading.Barrier) -> TaskResult:
         with mb.preparing():
             barrier.wait()
-            return mb.answer(sessions.task_definitions, {"inclination": model},
-                             keyed(model, pictures[k]))["inclination"]
+            return mb.answer(
+                sessions.task_definitions, {"inclination": model}, keyed(model, pictures[k])
+            )["inclination"]
 
     results = concurrently(7, job)
 
@@ -142,8 +143,9 @@ def test_a_job_does_not_wait_longer_than_max_wait_for_one_still_preparing(
     try:
         submitted.wait(10)
         with mb.preparing():
-            got = mb.answer(sessions.task_definitions, {"inclination": model},
-                            keyed(model, picture))
+            got = mb.answer(
+                sessions.task_definitions, {"inclination": model}, keyed(model, picture)
+            )
         # Answered while the other job was still preparing: the wait ran out.
         assert straggler.is_alive()
         assert numbers(got["inclination"]) == pytest.approx(
@@ -173,8 +175,9 @@ def test_off_every_job_is_its_own_run(sessions: SessionCache) -> None:
     def job(k: int, barrier: threading.Barrier) -> TaskResult:
         with mb.preparing():
             barrier.wait()
-            return mb.answer(sessions.task_definitions, {"inclination": model},
-                             keyed(model, pictures[k]))["inclination"]
+            return mb.answer(
+                sessions.task_definitions, {"inclination": model}, keyed(model, pictures[k])
+            )["inclination"]
 
     results = concurrently(4, job)
 
@@ -217,8 +220,9 @@ def test_a_non_finite_answer_fails_only_its_own_job(tmp_path: Path) -> None:
     def job(k: int, barrier: threading.Barrier) -> TaskResult:
         with mb.preparing():
             barrier.wait()
-            return mb.answer(sessions.task_definitions, {"inclination": model},
-                             keyed(model, pictures[k]))["inclination"]
+            return mb.answer(
+                sessions.task_definitions, {"inclination": model}, keyed(model, pictures[k])
+            )["inclination"]
 
     results = concurrently(3, job)
 
