@@ -10,9 +10,10 @@ long-poll it until it ends.
 Set-ups, all on the same machine in the same run (the first is the baseline):
 
 - ``prefork``: micro-batching off, the deployment's default pool: one prefork child
-  per core, ONNX Runtime with one thread each;
-- ``threads-off``: a threads pool (``--concurrency 32``), ``microbatch_max_size=1``:
-  every job runs its ensemble alone, ONNX Runtime with one thread per core;
+  per core (of the worker's, with ``--worker-cpus``), ONNX Runtime with one thread each;
+- ``threads-off``: one process with a threads pool (``--concurrency 32``),
+  ``microbatch_max_size=1``: every job runs its ensemble alone, in its own thread
+  (ONNX Runtime threads: ``--intra-op-threads``, default 1);
 - ``threads-on``: the same pool with micro-batching on (``microbatch_max_size``,
   ``microbatch_max_wait_ms``, default 16 and 3 ms).
 
@@ -21,6 +22,7 @@ and largest run) read from its heartbeat.
 
     python bench/microbatch.py                         # 1, 8, 32 clients, 20 s each
     python bench/microbatch.py --clients 1 8 --seconds 10 --setups prefork threads-on
+    python bench/microbatch.py --worker-cpus 0         # the worker alone on CPU 0
 """
 
 from __future__ import annotations
@@ -62,24 +64,26 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def setups(max_size: int, max_wait_ms: float) -> dict[str, tuple[str, int, dict[str, str]]]:
-    """Set-up name → (pool, concurrency, extra environment)."""
+def setups(
+    max_size: int, max_wait_ms: float, intra_op: int, cores: int
+) -> dict[str, tuple[str, int, dict[str, str]]]:
+    """Set-up name → (pool, concurrency, extra environment); ``cores``: the worker's."""
     return {
         "prefork": (
             "prefork",
-            CORES,
+            cores,
             {"SKYSERVE_INTRA_OP_THREADS": "1", "SKYSERVE_MICROBATCH_MAX_SIZE": "1"},
         ),
         "threads-off": (
             "threads",
             32,
-            {"SKYSERVE_INTRA_OP_THREADS": str(CORES), "SKYSERVE_MICROBATCH_MAX_SIZE": "1"},
+            {"SKYSERVE_INTRA_OP_THREADS": str(intra_op), "SKYSERVE_MICROBATCH_MAX_SIZE": "1"},
         ),
         "threads-on": (
             "threads",
             32,
             {
-                "SKYSERVE_INTRA_OP_THREADS": str(CORES),
+                "SKYSERVE_INTRA_OP_THREADS": str(intra_op),
                 "SKYSERVE_MICROBATCH_MAX_SIZE": str(max_size),
                 "SKYSERVE_MICROBATCH_MAX_WAIT_MS": str(max_wait_ms),
             },
@@ -159,9 +163,14 @@ def run_setup(
     extra: dict[str, str],
     clients: list[int],
     seconds: float,
+    worker_cpus: set[int],
 ) -> list[tuple[int, float, float, float, str, str]]:
     """Start a stack for one set-up, run every client count, return the table rows."""
     rows = []
+    every = os.sched_getaffinity(0)
+    other_cpus = (every - worker_cpus) or every
+    if worker_cpus:
+        os.sched_setaffinity(0, other_cpus)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         redis_url, redis_proc = start_redis(tmp / "redis", appendonly=False)
@@ -177,7 +186,12 @@ def run_setup(
             "SKYSERVE_HEARTBEAT_INTERVAL_SECONDS": "1",
             **extra,
         }
+        # The worker (and so its pool) gets the chosen cores, everything else the rest.
+        if worker_cpus:
+            os.sched_setaffinity(0, worker_cpus)
         worker = start_worker(env, pool=pool, concurrency=concurrency, log_file=tmp / "worker.log")
+        if worker_cpus:
+            os.sched_setaffinity(0, other_cpus)
         stack.callback(stop, worker)
         port = free_port()
         api = subprocess.Popen(
@@ -225,6 +239,7 @@ def run_setup(
             )
             print(f"  {name}: {count} client(s) done", file=sys.stderr, flush=True)
         client.close()
+    os.sched_setaffinity(0, every)
     return rows
 
 
@@ -245,16 +260,36 @@ def main() -> None:
     parser.add_argument(
         "--max-wait-ms", type=float, default=3.0, help="microbatch_max_wait_ms when on"
     )
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads of the threads-pool worker (default 1: with the API and "
+        "Redis on the same cores, more threads spin against them)",
+    )
+    parser.add_argument(
+        "--worker-cpus",
+        type=int,
+        nargs="*",
+        default=[],
+        help="pin the worker to these CPUs and Redis, the API and the clients to the others, "
+        "so that the worker's own work sets the pace (default: no pinning)",
+    )
     args = parser.parse_args()
 
-    table = setups(args.max_size, args.max_wait_ms)
+    worker_cpus = set(args.worker_cpus)
+    cores = len(worker_cpus) or CORES
+    table = setups(args.max_size, args.max_wait_ms, args.intra_op_threads, cores)
     results: dict[str, list[tuple[int, float, float, float, str, str]]] = {}
     for name in args.setups:
         pool, concurrency, extra = table[name]
-        results[name] = run_setup(name, pool, concurrency, extra, args.clients, args.seconds)
+        results[name] = run_setup(
+            name, pool, concurrency, extra, args.clients, args.seconds, worker_cpus
+        )
 
     print(
-        f"\n{CORES} core(s); {args.seconds:g} s per run; end to end in ms; "
+        f"\n{CORES} core(s), the worker on {sorted(worker_cpus) or 'any'}; "
+        f"{args.seconds:g} s per run; end to end in ms; "
         f"on = microbatch_max_size {args.max_size}, max_wait {args.max_wait_ms:g} ms"
     )
     print(
