@@ -172,6 +172,7 @@ class Stack:
     redis: redis.Redis
     redis_url: str
     prefix: str
+    worker_pid: int
 
 
 def start_stack(
@@ -230,7 +231,7 @@ def start_stack(
     client = redis.Redis.from_url(redis_url)
     stack.callback(client.close)
     asyncio.run(_run(url, 1, 2.0))  # warm-up: sessions, connections
-    return Stack(name, url, client, redis_url, prefix)
+    return Stack(name, url, client, redis_url, prefix, worker.pid)
 
 
 @dataclass
@@ -245,9 +246,33 @@ class Tally:
     largest: int = 0
 
 
-def drain(target: Stack, jobs: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and every process under it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += used.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
+
+
+def drain(target: Stack, jobs: int) -> tuple[float, float]:
     """The worker alone: ``jobs`` job records stored and their messages sent at once,
-    as the API would; returns jobs/s until the last one ended (no HTTP, no polling)."""
+    as the API would (no HTTP, no polling). Returns jobs/s until the last one ended, and
+    the worker's CPU milliseconds per job: the work it did, whatever else the machine
+    was doing meanwhile."""
     store = JobStore(target.redis, prefix=target.prefix, ttl_seconds=600)
     sender = Celery("bench-client", broker=target.redis_url, set_as_current=False)
     sender.conf.task_serializer = "json"
@@ -268,6 +293,7 @@ def drain(target: Stack, jobs: int) -> float:
             ),
         )
         ids.append(store.create(job, payload).id)
+    cpu_before = cpu_seconds(target.worker_pid)
     start = time.perf_counter()
     for job_id in ids:
         sender.send_task(
@@ -278,8 +304,9 @@ def drain(target: Stack, jobs: int) -> float:
         left = {i for i in left if store.get(i).status.value not in TERMINAL}
         time.sleep(0.005)
     elapsed = time.perf_counter() - start
+    cpu_ms = (cpu_seconds(target.worker_pid) - cpu_before) * 1000.0 / jobs
     sender.close()
-    return jobs / elapsed
+    return jobs / elapsed, cpu_ms
 
 
 def measure(target: Stack, clients: int, seconds: float, tally: Tally) -> None:
@@ -358,7 +385,7 @@ def main() -> None:
                 for target in stacks:
                     measure(target, clients, args.seconds, tallies[(target.name, clients)])
                 print(f"  {clients} client(s): round {round_ + 1} done", file=sys.stderr)
-        drains: dict[str, list[float]] = {target.name: [] for target in stacks}
+        drains: dict[str, list[tuple[float, float]]] = {target.name: [] for target in stacks}
         for _ in range(args.rounds if args.drain else 0):
             for target in stacks:
                 drains[target.name].append(drain(target, args.drain))
@@ -394,15 +421,20 @@ def main() -> None:
 
     if args.drain:
         print(
-            f"\nThe worker alone: {args.drain} jobs stored and sent at once, jobs/s until the "
-            f"last ended (median of {args.rounds})"
+            f"\nThe worker alone: {args.drain} jobs stored and sent at once (median of "
+            f"{args.rounds}): jobs/s until the last ended, and the worker's CPU per job"
         )
-        print("| set-up | jobs/s | vs first set-up |")
-        print("|---|---|---|")
-        first = float(np.median(drains[args.setups[0]]))
+        print("| set-up | jobs/s | vs first set-up | worker CPU ms per job | vs first set-up |")
+        print("|---|---|---|---|---|")
+        first_rate = float(np.median([r for r, _ in drains[args.setups[0]]]))
+        first_cpu = float(np.median([c for _, c in drains[args.setups[0]]]))
         for name in args.setups:
-            rate = float(np.median(drains[name]))
-            print(f"| {name} | {rate:.1f} | x{rate / first:.2f} |")
+            rate = float(np.median([r for r, _ in drains[name]]))
+            cpu = float(np.median([c for _, c in drains[name]]))
+            print(
+                f"| {name} | {rate:.1f} | x{rate / first_rate:.2f} | {cpu:.1f} | "
+                f"x{cpu / first_cpu:.2f} |"
+            )
 
 
 if __name__ == "__main__":
