@@ -22,12 +22,11 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from services.worker.inference import predict as predict_images
-from services.worker.runtime import WorkerRuntime
 from services.worker.sessions import LoadedModel
 from shared.applicability import apply_verdict, judge
 from shared.errors import InvalidRequest, NonFiniteAnswer, SkyserveError, UnknownTask
@@ -35,8 +34,22 @@ from shared.preprocessing import DecodedImage
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["ModelSet", "Prepared", "Stopwatch", "answer", "evidence_model", "load_models",
-           "prepare", "requested_tasks"]
+if TYPE_CHECKING:  # the runtime holds the micro-batcher, which answers through this module
+    from services.worker.runtime import WorkerRuntime
+
+__all__ = [
+    "ModelSet",
+    "Prepared",
+    "Stopwatch",
+    "answer",
+    "answer_task",
+    "evidence_model",
+    "load_models",
+    "prepare",
+    "requested_tasks",
+    "settle",
+    "spec_key",
+]
 
 #: One image preprocessed for every input spec the requested models use (spec key → array).
 Prepared = dict[str, np.ndarray]
@@ -100,9 +113,24 @@ def requested_tasks(runtime: WorkerRuntime, tasks: Sequence[str]) -> list[str]:
     return names
 
 
+#: id(loaded version) → (that version, its evidence pass). One evidence object per loaded
+#: version, so the micro-batcher (which groups by model object) can group evidence runs
+#: of different jobs; the loaded version is kept so its id is never reused.
+_EVIDENCE: dict[int, tuple[LoadedModel, LoadedModel]] = {}
+
+
 def evidence_model(model: LoadedModel) -> LoadedModel:
     """``model`` as a cheap evidence pass: the identity view only (no test-time transforms)
     and, with MC dropout, one all-ones mask (the members' deterministic output)."""
+    cached = _EVIDENCE.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    evidence = _evidence_pass(model)
+    _EVIDENCE[id(model)] = (model, evidence)
+    return evidence
+
+
+def _evidence_pass(model: LoadedModel) -> LoadedModel:
     manifest = model.manifest
     update: dict[str, object] = {"tta": ["identity"]}
     mc = manifest.output.mc_dropout
@@ -142,7 +170,8 @@ def load_models(
     return models
 
 
-def _spec_key(model: LoadedModel) -> str:
+def spec_key(model: LoadedModel) -> str:
+    """The key of ``model``'s input spec in a :data:`Prepared` image."""
     return model.manifest.input.model_dump_json()
 
 
@@ -167,7 +196,7 @@ def prepare(
     prepared: Prepared = {}
     every = models.every() if isinstance(models, ModelSet) else models
     for model in every.values():
-        key = _spec_key(model)
+        key = spec_key(model)
         if key not in prepared:
             prepared[key] = decoded.model_input(model.manifest.input)
     return prepared
@@ -212,29 +241,65 @@ def answer(
         return answers
     every = models.every() if isinstance(models, ModelSet) else dict(models)
     for name, model in every.items():
-        key = _spec_key(model)
+        key = spec_key(model)
         batch = np.stack([image[key] for image in images])
-        results = predict_images(definitions[name], model, batch, max_batch_size=max_batch_size)
+        results = answer_task(definitions[name], name, model, batch, max_batch_size=max_batch_size)
         for slot, result in zip(answers, results, strict=True):
-            if not _finite(result.model_dump()):
-                raise NonFiniteAnswer(
-                    f"Version {model.version} of {name!r} answered NaN or infinity for this "
-                    "image, so no result is stored. The model is faulty; an operator has to "
-                    "replace it (pin another version with 'versions' meanwhile).",
-                    task=name,
-                    model_version=model.version,
-                )
+            if isinstance(result, NonFiniteAnswer):
+                raise result
             slot[name] = result
         if watch is not None:
             watch.lap(f"infer:{name}" if name in models else f"evidence:{name}")
+    return [settle(definitions, models, slot) for slot in answers]
+
+
+def settle(
+    definitions: Mapping[str, TaskDefinition],
+    models: Mapping[str, LoadedModel],
+    answers: dict[str, TaskResult],
+) -> dict[str, TaskResult]:
+    """One image's answers as the job reports them: each requested task with an
+    applicability rule judged on everything that ran (evidence included), and the
+    evidence nobody asked for dropped."""
     judged = [name for name in models if definitions[name].applicability]
-    for slot in answers:
-        for name in judged:
-            slot[name] = apply_verdict(slot[name], judge(definitions[name], slot))
-        for name in list(slot):
-            if name not in models:  # evidence nobody asked for
-                del slot[name]
-    return answers
+    for name in judged:
+        answers[name] = apply_verdict(answers[name], judge(definitions[name], answers))
+    return {name: result for name, result in answers.items() if name in models}
+
+
+def answer_task(
+    definition: TaskDefinition,
+    name: str,
+    model: LoadedModel,
+    images: np.ndarray,
+    *,
+    max_batch_size: int,
+) -> list[TaskResult | NonFiniteAnswer]:
+    """Run one task's ensemble once over ``images``; per image its answer, or the
+    :class:`NonFiniteAnswer` it would be refused with.
+
+    The refusal is per image so that a micro-batch of unrelated jobs
+    (:mod:`services.worker.microbatch`) fails only the job it concerns; :func:`answer`
+    raises the first one for a whole job or chunk.
+
+    Raises
+    ------
+    ModelIntegrityError
+        If a model's outputs do not fit its task.
+    """
+    results = predict_images(definition, model, images, max_batch_size=max_batch_size)
+    return [
+        result
+        if _finite(result.model_dump())
+        else NonFiniteAnswer(
+            f"Version {model.version} of {name!r} answered NaN or infinity for this "
+            "image, so no result is stored. The model is faulty; an operator has to "
+            "replace it (pin another version with 'versions' meanwhile).",
+            task=name,
+            model_version=model.version,
+        )
+        for result in results
+    ]
 
 
 def _numbers(value: Any) -> Iterator[float]:
