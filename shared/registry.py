@@ -25,12 +25,12 @@ from pydantic import BaseModel, Field
 from shared.errors import ModelIntegrityError, RegistryUnavailable, UnknownModelVersion, UnknownTask
 
 __all__ = [
-    "InputSpec",
-    "McDropout",
-    "OutputSpec",
     "Calibration",
-    "Member",
+    "InputSpec",
     "Manifest",
+    "McDropout",
+    "Member",
+    "OutputSpec",
     "RegistryReader",
     "RegistryWriter",
     "sha256_file",

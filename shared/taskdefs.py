@@ -18,15 +18,15 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 __all__ = [
+    "TASK_FILE",
+    "ApplicabilityRule",
+    "TaskDefinition",
     "TaskKind",
     "VoteQuestion",
     "VoteTreeSchema",
-    "ApplicabilityRule",
-    "TaskDefinition",
-    "TASK_FILE",
+    "get_task_definition",
     "load_task_definitions",
     "registry_task_definitions",
-    "get_task_definition",
 ]
 
 TASK_FILE = "task.json"

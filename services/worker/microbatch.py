@@ -214,9 +214,11 @@ class MicroBatcher:
                 with self._cond:
                     self._running = False
                     self._cond.notify_all()
-        return settle(definitions, models, self._collect(items, watch))
+        return settle(definitions, models, self._collect(items, models, watch))
 
-    def _collect(self, items: list[_Item], watch: Stopwatch | None) -> dict[str, TaskResult]:
+    def _collect(
+        self, items: list[_Item], requested: Mapping[str, LoadedModel], watch: Stopwatch | None
+    ) -> dict[str, TaskResult]:
         deadline = time.monotonic() + self.timeout_s
         answers: dict[str, TaskResult] = {}
         for item in items:
@@ -230,7 +232,7 @@ class MicroBatcher:
                     f"for its {item.name!r} answer."
                 ) from None
             if watch is not None:
-                watch.lap(f"infer:{item.name}")
+                watch.lap(f"infer:{item.name}" if item.name in requested else f"evidence:{item.name}")
         return answers
 
     def _leave(self) -> None:
