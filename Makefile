@@ -55,6 +55,7 @@ models: install-test ## Rebuild the committed default models (see docs/training.
 
 bench: install-test ## Run the benchmarks (figures printed, baselines in the same run)
 	$(PY) bench/limit.py
+	$(PY) bench/preprocess.py
 	$(PY) bench/inference.py
 	$(PY) bench/peer.py
 	$(PY) bench/batch_throughput.py

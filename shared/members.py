@@ -34,17 +34,17 @@ from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
 __all__ = [
-    "Session",
-    "MemberRunner",
-    "FusedMembers",
     "Ensemble",
+    "FusedMembers",
+    "MemberRunner",
+    "Session",
+    "agreement",
+    "answer",
+    "dropout_masks",
+    "probe_images",
+    "run_members",
     "stacked_copies",
     "transformed_copies",
-    "dropout_masks",
-    "run_members",
-    "answer",
-    "probe_images",
-    "agreement",
 ]
 
 

@@ -7,7 +7,8 @@ Variables (type, default):
 
 - ``SKYSERVE_ONNX_PROVIDERS`` (list[str], ``["CUDAExecutionProvider", "CPUExecutionProvider"]``)
 - ``SKYSERVE_INTRA_OP_THREADS`` (int, 0 = cores / ``SKYSERVE_WORKER_PROCESSES``)
-- ``SKYSERVE_WORKER_PROCESSES`` (int, 1: ONNX Runtime processes on this host, all replicas)
+- ``SKYSERVE_WORKER_PROCESSES`` (int, 1: processes running ONNX Runtime on this host, all replicas;
+  replicas x concurrency with the prefork pool, replicas with the threads pool)
 - ``SKYSERVE_ONNX_SPINNING`` (bool or unset; unset = spin only with one worker process)
 - ``SKYSERVE_ONNX_MEMORY_ARENA`` (bool, true)
 - ``SKYSERVE_ONNX_GRAPH_OPTIMIZATION`` (``disable|basic|extended|all``, ``all``)
@@ -16,6 +17,8 @@ Variables (type, default):
 - ``SKYSERVE_HEARTBEAT_INTERVAL_SECONDS`` (float, 5)
 - ``SKYSERVE_HEARTBEAT_TTL_SECONDS`` (int, 20)
 - ``SKYSERVE_MAX_BATCH_SIZE`` (int, 32)
+- ``SKYSERVE_MICROBATCH_MAX_SIZE`` (int, 16; 1 = micro-batching off)
+- ``SKYSERVE_MICROBATCH_MAX_WAIT_MS`` (float, 3)
 - ``SKYSERVE_PINNED_VERSIONS_CACHED`` (int, 2)
 - ``SKYSERVE_WARM_UP`` (bool, true)
 - ``SKYSERVE_TASK_SOFT_TIME_LIMIT_SECONDS`` (int, 300)
@@ -26,19 +29,29 @@ Variables (type, default):
 - ``SKYSERVE_LEASE_SECONDS`` (float, 60)
 - ``SKYSERVE_LEASE_RENEW_SECONDS`` (float, 10)
 - ``SKYSERVE_SWEEP_INTERVAL_SECONDS`` (float, 20)
+- ``SKYSERVE_CUTOUT_PROVIDER`` (sdss | legacy | http | local | none, ``sdss``),
+  ``SKYSERVE_CUTOUT_URL_TEMPLATE``, ``SKYSERVE_CUTOUT_ALLOWED_HOSTS``,
+  ``SKYSERVE_CUTOUT_TIMEOUT_SECONDS`` (10), ``SKYSERVE_CUTOUT_RETRIES`` (2),
+  ``SKYSERVE_CUTOUT_BACKOFF_SECONDS`` (0.5), ``SKYSERVE_CUTOUT_PIXELS`` (256),
+  ``SKYSERVE_CUTOUT_MAX_BYTES`` (8 MiB), ``SKYSERVE_CUTOUT_CACHE_DIR``,
+  ``SKYSERVE_CUTOUT_ARCHIVE_DIR``, ``SKYSERVE_CUTOUT_ALLOW_PRIVATE_ADDRESSES`` (false):
+  where target jobs and image URLs get their pixels (:mod:`services.worker.cutouts`)
 
 plus the shared ones of :class:`shared.settings.SkyserveSettings`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import onnxruntime
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from shared.settings import SkyserveSettings
 
@@ -64,8 +77,9 @@ class WorkerSettings(SkyserveSettings):
     worker_processes: int = Field(
         default=1,
         gt=0,
-        description="Processes running ONNX Runtime on this host (Celery concurrency x "
-        "worker replicas): sets the threads per process and whether threads spin.",
+        description="Processes running ONNX Runtime on this host (worker replicas x Celery "
+        "concurrency with the prefork pool, replicas with the threads pool): sets the "
+        "threads per process and whether threads spin.",
     )
     onnx_spinning: bool | None = Field(
         default=None,
@@ -98,6 +112,23 @@ class WorkerSettings(SkyserveSettings):
     )
     max_batch_size: int = Field(
         default=32, gt=0, description="Most images (x test-time transforms) in one session run."
+    )
+    # Micro-batching of concurrent single-image jobs (services/worker/microbatch.py). It
+    # needs a pool that runs several jobs in one process: `--pool threads --concurrency N`
+    # with N >= microbatch_max_size; a prefork child runs one job at a time, so there each
+    # job is its own run, exactly as with micro-batching off.
+    microbatch_max_size: int = Field(
+        default=16,
+        ge=1,
+        description="Most concurrent single-image jobs answered by one ensemble run per task; "
+        "1 turns micro-batching off (each job runs its ensemble on its own).",
+    )
+    microbatch_max_wait_ms: float = Field(
+        default=3.0,
+        ge=0,
+        le=1000,
+        description="Longest a job waits for others to join its micro-batch. A job that is "
+        "alone (no other job of this process is being prepared) does not wait at all.",
     )
     pinned_versions_cached: int = Field(
         default=2,
@@ -134,6 +165,65 @@ class WorkerSettings(SkyserveSettings):
         description="Concurrent image fetches (cutouts, image URLs, zip files) per batch chunk; "
         "the fetches are I/O bound, so more threads than cores pay off.",
     )
+
+    # Cutouts and remote images (services/worker/cutouts.py): only the worker fetches
+    # pixels, so the API and the trainer do not carry these.
+    cutout_provider: Literal["sdss", "legacy", "http", "local", "none"] = Field(
+        default="sdss",
+        description="Where catalog/coordinate jobs get pixels: the SDSS SkyServer or Legacy "
+        "Survey preset, 'http' with SKYSERVE_CUTOUT_URL_TEMPLATE, a 'local' archive folder, "
+        "or 'none' (such jobs are refused).",
+    )
+    cutout_url_template: str | None = Field(
+        default=None,
+        description="Cutout URL with {ra} {dec} {scale} {size} {fov} {fov_deg} {fov_arcsec} "
+        "{name} placeholders; overrides the preset's URL.",
+    )
+    cutout_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["skyserver.sdss.org", "www.legacysurvey.org"],
+        description="Hosts the service may fetch images from (cutouts, redirects, user image "
+        "URLs): comma-separated or a JSON list; 'host:port' pins a port, '*.domain' allows "
+        "subdomains.",
+    )
+    cutout_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Connect/read timeout of each cutout request."
+    )
+    cutout_allow_private_addresses: bool = Field(
+        default=False,
+        description="Let outbound fetches reach private, loopback and link-local addresses "
+        "(a host on the allowlist may still resolve to one). Off in deployments: it closes "
+        "server-side request forgery through DNS; tests turn it on for their local servers.",
+    )
+    cutout_retries: int = Field(
+        default=2, ge=0, description="Extra attempts after a timeout, connection error or 5xx."
+    )
+    cutout_backoff_seconds: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles on each further attempt."
+    )
+    cutout_pixels: int = Field(
+        default=256, gt=0, le=2048, description="Side of the requested cutout, in pixels."
+    )
+    cutout_max_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Largest cutout or remote image accepted."
+    )
+    cutout_cache_dir: Path | None = Field(
+        default=None, description="On-disk cache of fetched cutouts (files named by URL sha256)."
+    )
+    cutout_archive_dir: Path | None = Field(
+        default=None,
+        description="Folder of PNG/JPEG/FITS cutouts (by object name, or index.csv with "
+        "file,ra,dec) for cutout_provider=local.",
+    )
+
+    @field_validator("cutout_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     # Recovery of work stranded by a dead worker (services/worker/recovery.py). A unit's
     # lease must survive a missed renewal or two (Redis blip, a busy moment), so it lasts
