@@ -94,8 +94,9 @@ def test_an_image_gets_the_same_answer_alone_or_in_any_batch(
         alone = run_members(model.manifest, model.ensemble(), x[i : i + 1], max_batch_size=1)
         where = int(np.flatnonzero(order == i)[0])
         for name, out in alone.items():
-            np.testing.assert_allclose(out[:, 0], together[name][:, i], rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(out[:, 0], chunked[name][:, where], rtol=1e-5, atol=1e-6)
+            # Raw logits reach ~25; ONNX Runtime's kernels round differently by batch size.
+            np.testing.assert_allclose(out[:, 0], together[name][:, i], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(out[:, 0], chunked[name][:, where], rtol=1e-5, atol=1e-5)
 
 
 def test_shared_work_runs_once_in_the_fused_graph(loaded: dict[str, LoadedModel]) -> None:
