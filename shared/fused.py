@@ -212,6 +212,8 @@ def fuse_version(
             mask_inputs=tuple(mask_input_name(i, mc.mask_input)
                               for i in range(len(manifest.members))) if mc else (),
             output_name=FUSED_OUTPUT,
+            transforms=tuple(manifest.tta or ["identity"]),
+            samples=mc.samples if mc else 1,
         )
         # Only a graph resting on assumptions is run against its members: the others
         # are the members' own operations, and some members are slow to run.

@@ -89,6 +89,9 @@ class FusedMembers:
     input_name: str = "image"
     mask_inputs: tuple[str, ...] = ()
     output_name: str = "members"
+    #: The transforms and MC samples the graph was built for (it makes the copies itself).
+    transforms: tuple[str, ...] = ("identity",)
+    samples: int = 1
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """Every member's output for one chunk, stacked."""
@@ -195,6 +198,12 @@ def _run_fused(manifest: Manifest, fused: FusedMembers, images: np.ndarray, *,
     transforms = len(manifest.tta or ["identity"])
     mc = manifest.output.mc_dropout
     samples = mc.samples if mc else 1
+    if (tuple(manifest.tta or ["identity"]), samples) != (fused.transforms, fused.samples):
+        raise ValueError(
+            f"{manifest.task} v{manifest.version}: the fused graph was built for transforms "
+            f"{list(fused.transforms)} x {fused.samples} samples, not {manifest.tta} x {samples}; "
+            "run its members one by one for other passes."
+        )
     per_run = max(1, max_batch_size // transforms)
     chunks = []
     for start in range(0, images.shape[0], per_run):

@@ -161,3 +161,21 @@ def _close(a: object, b: object, tolerance: float, path: str = "") -> None:
         assert abs(a - b) <= tolerance * max(1.0, abs(b)), (path, a, b)
     else:
         assert a == b, path
+
+
+def test_other_passes_than_the_fused_graph_was_built_for_run_member_by_member(
+    loaded: dict[str, LoadedModel],
+) -> None:
+    """The applicability evidence pass (identity only, one sample) does not reuse the
+    fused graph, which makes the manifest's own transforms; asking it for others fails
+    loudly instead of answering wrongly."""
+    from services.worker.answers import evidence_model
+
+    model = loaded["object-type"]
+    evidence = evidence_model(model)
+    assert evidence.fused is None and evidence.manifest.tta == ["identity"]
+    x = _images(model, 3)
+    raw = run_members(evidence.manifest, evidence.ensemble(), x, max_batch_size=8)
+    assert all(out.shape[:2] == (1, 3) for out in raw.values())
+    with pytest.raises(ValueError, match="fused graph was built for"):
+        run_members(evidence.manifest, model.ensemble(), x, max_batch_size=8)
