@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -37,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.local_stack import free_port, start_redis, start_worker, stop  # noqa: E402
-from services.worker.answers import answer, prepare  # noqa: E402
+from services.worker.answers import answer, load_models, prepare  # noqa: E402
 from services.worker.sessions import SessionCache  # noqa: E402
 from services.worker.settings import WorkerSettings  # noqa: E402
 from shared.preprocessing import preprocess  # noqa: E402
@@ -67,8 +68,11 @@ def _engine(models: Path, tasks: list[str], threads: int, processes: int):  # ty
     cache = SessionCache(RegistryReader(models), providers=["CPUExecutionProvider"],
                          intra_op_threads=settings.threads_per_process(),
                          spinning=settings.spinning())
-    loaded = {name: cache.get(name) for name in tasks}
-    definitions = {name: get_task_definition(name) for name in tasks}
+    # What a job loads: the requested tasks plus the evidence passes their applicability
+    # rules read (services.worker.answers.load_models), so the baseline does a job's work.
+    runtime = SimpleNamespace(sessions=cache, registry=RegistryReader(models))
+    loaded = load_models(runtime, tasks, {})  # type: ignore[arg-type]
+    definitions = cache.task_definitions
 
     def answer_all(datas: list[bytes]) -> None:
         # The worker's own path: one decode per input spec, one ensemble run per task.
