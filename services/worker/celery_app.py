@@ -7,6 +7,9 @@ imported by the worker through ``include`` and reads the settings the app carrie
 
 from __future__ import annotations
 
+# First: it chooses prometheus_client's multi-process store before anything imports it.
+from services.worker import metrics as _metrics  # noqa: F401, I001  (worker /metrics)
+
 from celery import Celery
 
 from services.worker import logs as _logs  # noqa: F401  (log format and job ids on every line)
