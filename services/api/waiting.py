@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 from services.api.metrics import WAIT_WAKEUPS
 from shared.errors import JobNotFound
 from shared.jobstore import DONE_CHANNEL
-from shared.schemas import TERMINAL_STATUSES, Job
+from shared.schemas import TERMINAL_STATUSES, Job, JobStatus
 
-__all__ = ["JobReader", "JobWaiter"]
+__all__ = ["JobReader", "JobWaiter", "status_of"]
 
 log = logging.getLogger("skyserve.api.waiting")
 
@@ -46,10 +46,36 @@ class JobReader:
         ------
         JobNotFound
         """
+        raw, _ = await self.get_raw(job_id)
+        return Job.model_validate_json(raw)
+
+    async def get_raw(self, job_id: str) -> tuple[bytes, JobStatus]:
+        """A job record's JSON as stored, and its status (read without parsing the rest).
+
+        Raises
+        ------
+        JobNotFound
+        """
         raw = await self.redis.get(f"{self.prefix}:job:{job_id}")
         if raw is None:
             raise JobNotFound(f"There is no job {job_id!r} (it may have expired).")
-        return Job.model_validate_json(raw)
+        return raw, status_of(raw)
+
+
+#: A record as ``Job.model_dump_json`` writes it opens with its id and status.
+_STATUS = re.compile(rb'^\{"id":"[0-9a-f]*","status":"([a-z]+)"')
+
+
+def status_of(raw: bytes) -> JobStatus:
+    """The status of a stored job record, read from its opening bytes when it has the
+    usual shape, else by parsing it."""
+    match = _STATUS.match(raw)
+    if match is not None:
+        try:
+            return JobStatus(match.group(1).decode())
+        except ValueError:
+            pass
+    return Job.model_validate_json(raw).status
 
 
 def _glob_escape(text: str) -> str:
@@ -122,9 +148,13 @@ class JobWaiter:
             backoff = min(backoff * 2, 5.0)
 
     async def wait(
-        self, job_id: str, read: Callable[[str], Awaitable[Job]], timeout: float
-    ) -> Job:
-        """The job's record once it has ended, or as it stands after ``timeout`` seconds.
+        self,
+        job_id: str,
+        read: Callable[[str], Awaitable[tuple[bytes, JobStatus]]],
+        timeout: float,
+    ) -> tuple[bytes, JobStatus]:
+        """The job's record (``read``'s answer: JSON and status) once it has ended, or as
+        it stands after ``timeout`` seconds.
 
         Raises
         ------
@@ -138,7 +168,7 @@ class JobWaiter:
         self._waiting.setdefault(job_id, set()).add(event)
         try:
             job = await read(job_id)
-            while job.status not in TERMINAL_STATUSES:
+            while job[1] not in TERMINAL_STATUSES:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

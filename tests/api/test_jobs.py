@@ -181,3 +181,19 @@ def test_a_missed_notice_is_covered_by_the_fallback_re_read(settings: ApiSetting
         worker.join()
         assert resp.json()["status"] == "succeeded"
         assert _wakeups("timer") > before
+
+
+def test_the_status_read_from_a_records_opening_is_the_records_status() -> None:
+    from services.api.waiting import status_of
+    from shared.jobstore import new_job_id
+    from shared.schemas import ImageInput, Job, JobStatus
+
+    for status in JobStatus:
+        job = Job(
+            id=new_job_id(), status=status, tasks=["inclination"],
+            input=ImageInput(size_bytes=3, sha256="x", format="PNG", width=1, height=1),
+        )
+        assert status_of(job.model_dump_json().encode()) == status
+    odd = b'{"status":"running","id":"' + b"a" * 32 + b'","tasks":["x"],"input":{"kind":"image",' \
+          b'"size_bytes":1,"sha256":"x","format":"PNG","width":1,"height":1}}'
+    assert status_of(odd) == JobStatus.RUNNING  # another field order: parsed instead

@@ -145,7 +145,6 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | N
 )
 async def submit_job(
     request: Request,
-    response: Response,
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
@@ -168,10 +167,13 @@ async def submit_job(
         )
     if created and caller.key is not None:
         await anyio.to_thread.run_sync(request.app.state.active_jobs.add, caller.key.id, "job", job.id)
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return job
+    # The record as JSON once, not validated again and re-encoded by FastAPI.
+    return Response(
+        job.model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        media_type="application/json",
+        headers={"Location": str(request.url_for("get_job", job_id=job.id).path)},
+    )
 
 
 async def _submit_target_json(request, store, queue, registry, idempotency_key, owned):  # type: ignore[no-untyped-def]
@@ -258,7 +260,6 @@ async def _check_owner(request: Request, caller: Caller, job_id: str) -> None:
 async def get_job(
     job_id: JOB_ID,
     request: Request,
-    response: Response,
     settings: SettingsDep,
     reader: ReaderDep,
     waiter: WaiterDep,
@@ -272,10 +273,13 @@ async def get_job(
     await _check_owner(request, caller, job_id)
     timeout = min(wait, settings.max_wait_seconds)
     # Woken by the job's end (pub/sub), not by polling: see services/api/waiting.py.
-    job = await (waiter.wait(job_id, reader.get, timeout) if timeout > 0 else reader.get(job_id))
-    if job.status not in TERMINAL_STATUSES:
-        response.headers["Retry-After"] = "1"
-    return job
+    raw, status_now = await (
+        waiter.wait(job_id, reader.get_raw, timeout) if timeout > 0 else reader.get_raw(job_id)
+    )
+    # The stored record is the Job's JSON already: sent as it is, not parsed, validated
+    # again and re-encoded (a result with every member's answer is the largest reply).
+    headers = {} if status_now in TERMINAL_STATUSES else {"Retry-After": "1"}
+    return Response(raw, media_type="application/json", headers=headers)
 
 
 @router.delete(
