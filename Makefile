@@ -56,6 +56,9 @@ models: install-test ## Rebuild the committed default models (see docs/training.
 bench: install-test ## Run the benchmarks (figures printed, baselines in the same run)
 	$(PY) bench/inference.py
 	$(PY) bench/batch_throughput.py
+	$(PY) bench/latency.py
+	$(PY) bench/catalog.py
+	$(PY) bench/scaling.py
 	$(PY) bench/api_memory.py
 	$(PY) bench/redis_memory.py
 	$(PY) bench/recovery.py
