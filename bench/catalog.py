@@ -17,7 +17,7 @@ system has worker processes, at the chunk size (``bench/stack.py:raw_ensemble_ra
 For the zip it also says when the first chunk was recorded, i.e. how soon workers ran
 while the upload was still being unpacked.
 
-Usage: ``python bench/catalog.py [--images 2000] [--rows 3000] [--workers 2]
+Usage: ``python bench/catalog.py [--images 1000] [--rows 1000] [--workers 2]
 [--chunk-rows 128] [--task inclination] [--models DIR] [--skip-targets]``
 """
 
@@ -83,8 +83,8 @@ def run_batch(stack: Stack, *, task: str, post: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=2000, help="PNGs in the zip")
-    parser.add_argument("--rows", type=int, default=3000, help="rows of the target catalog")
+    parser.add_argument("--images", type=int, default=1000, help="PNGs in the zip (the issue's figure: 2000)")
+    parser.add_argument("--rows", type=int, default=1000, help="rows of the target catalog (the issue's figure: 3000)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
     parser.add_argument("--chunk-rows", type=int, default=128)
