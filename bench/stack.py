@@ -39,12 +39,12 @@ from shared.settings import REPO_ROOT  # noqa: E402
 
 __all__ = [
     "Stack",
-    "running_stack",
-    "raw_ensemble_rate",
-    "in_process_answer_ms",
-    "scrape",
-    "percentile",
     "default_models",
+    "in_process_answer_ms",
+    "percentile",
+    "raw_ensemble_rate",
+    "running_stack",
+    "scrape",
 ]
 
 

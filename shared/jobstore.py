@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -30,7 +30,7 @@ from shared.schemas import TERMINAL_STATUSES, Job, JobResult, JobStatus, Problem
 
 _TIMESTAMP = TypeAdapter(datetime)
 
-__all__ = ["JobStore", "claim_key", "new_job_id", "release_key", "DONE_CHANNEL"]
+__all__ = ["DONE_CHANNEL", "JobStore", "claim_key", "new_job_id", "release_key"]
 
 #: Channel (after the key prefix) a job's final status is published on.
 DONE_CHANNEL = "done"

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from services.api.access_log import AccessLogMiddleware
-from services.api.metrics import watch_queue
 from services.api.limits import ActiveJobs, BodyLimitMiddleware, RateLimiter, TimeoutMiddleware
+from services.api.metrics import watch_queue
 from services.api.problems import CatchAllMiddleware, install_problem_handlers
 from services.api.queue import JobQueue
 from services.api.routes import batches, docs, health, jobs, metrics, models, web

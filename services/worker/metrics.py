@@ -18,6 +18,7 @@ nothing is served and the samples stay in each process.
 A worker per host (``--concurrency`` = cores) is then one scrape target per host.
 """
 
+# ruff: noqa: E402, I001  (the environment is set before prometheus_client is imported)
 from __future__ import annotations
 
 import os

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import redis
 from fastapi.testclient import TestClient
 
@@ -125,9 +127,8 @@ def test_json_body_without_target_is_refused_clearly(client: TestClient) -> None
     assert resp.headers["content-type"] == PROBLEM
 
 
-def _end_later(settings: ApiSettings, job_id: str, after_s: float) -> "threading.Thread":
+def _end_later(settings: ApiSettings, job_id: str, after_s: float) -> threading.Thread:
     """A stand-in for the worker: starts and answers the job from another thread."""
-    import threading
     import time
 
     from shared.schemas import JobResult

@@ -4,7 +4,6 @@ multiprocess metrics from its main process, scraped after real jobs."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx

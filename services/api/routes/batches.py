@@ -17,9 +17,9 @@ from services.api.auth import ReadCaller, SubmitCaller, check_owner, claim
 from services.api.batch_ingest import (
     check_zip,
     csv_rows,
+    id_column_of,
     ingest,
     json_source,
-    id_column_of,
     open_zip,
     refuse_non_text,
     require_locator,
