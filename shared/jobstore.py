@@ -167,7 +167,7 @@ class JobStore:
         payload: bytes | None,
         *,
         idempotency_key: str | None = None,
-        also: Callable[[redis.client.Pipeline], object] | None = None,
+        also: Callable[[redis.client.Pipeline, bool], object] | None = None,
     ) -> Job:
         """Store a new job and its payload, and claim its idempotency key: one round trip.
 
@@ -175,8 +175,9 @@ class JobStore:
         and nothing of this one is kept, so a retried POST never makes two jobs, even
         when the two requests arrive at the same moment: the record and the key's
         ``SET NX`` go in one MULTI, so whoever loses the claim finds the winner's
-        record already there. ``also`` adds commands of the caller's (the owner's
-        claim) to the same transaction.
+        record already there. ``also(pipe, undo)`` adds commands of the caller's (the
+        owner's claim, the key's count of unfinished jobs) to the same transaction, and
+        with ``undo=True`` their removal to the clean-up when the job is not kept.
         """
         idem = self.idempotency_key(idempotency_key) if idempotency_key is not None else None
         with self.redis.pipeline() as pipe:
@@ -186,7 +187,7 @@ class JobStore:
                 pipe.set(self.blob_key(job.id), payload, ex=self.ttl)
             pipe.set(self.job_key(job.id), job.model_dump_json(), ex=self.ttl)
             if also is not None:
-                also(pipe)
+                also(pipe, False)
             replies = pipe.execute()
         if idem is None or replies[0]:
             return job
@@ -201,7 +202,11 @@ class JobStore:
         )
         if earlier is None or earlier == job.id:
             return job
-        self.redis.delete(self.blob_key(job.id), self.job_key(job.id))
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.blob_key(job.id), self.job_key(job.id))
+            if also is not None:
+                also(pipe, True)
+            pipe.execute()
         return self.get(earlier)
 
     def forget_idempotency_key(self, key: str, job_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
+import redis
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from pydantic import (
     BaseModel,
@@ -16,7 +17,7 @@ from pydantic import (
 )
 from starlette.datastructures import UploadFile
 
-from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, claim
+from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, owner_commands
 from services.api.deps import QueueDep, ReaderDep, RegistryDep, SettingsDep, StoreDep, WaiterDep
 from services.api.metrics import JOBS_CANCELLED
 from services.api.problems import problem_responses
@@ -156,8 +157,13 @@ async def submit_job(
         await anyio.to_thread.run_sync(request.app.state.active_jobs.check, caller.key.id)
     idempotency_key = caller.idempotency_scope(idempotency_key)
 
-    def owned(job_id: str) -> None:
-        claim(request, caller, "job", job_id, settings.job_ttl_seconds)
+    active = request.app.state.active_jobs
+
+    def owned(pipe: redis.client.Pipeline, job_id: str, undo: bool) -> None:
+        # Stored with the job, in its transaction: owner, and the key's unfinished count.
+        owner_commands(pipe, request, caller, "job", job_id, settings.job_ttl_seconds, undo=undo)
+        if caller.key is not None:
+            active.add_commands(pipe, caller.key.id, "job", job_id, undo=undo)
 
     if request.headers.get("content-type", "").startswith("application/json"):
         job, created = await _submit_target_json(request, store, queue, registry, idempotency_key, owned)
@@ -165,8 +171,6 @@ async def submit_job(
         job, created = await _submit_upload(
             request, settings, store, queue, registry, idempotency_key, owned
         )
-    if created and caller.key is not None:
-        await anyio.to_thread.run_sync(request.app.state.active_jobs.add, caller.key.id, "job", job.id)
     # The record as JSON once, not validated again and re-encoded by FastAPI.
     return Response(
         job.model_dump_json(),
