@@ -74,8 +74,11 @@ class Stack:
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """A Prometheus endpoint's samples: (name, sorted labels) → value."""
-    text = httpx.get(url, timeout=10).text
+    """A Prometheus endpoint's samples: (name, sorted labels) → value ({} if it does not answer)."""
+    try:
+        text = httpx.get(url, timeout=10).text
+    except httpx.HTTPError:
+        return {}
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
