@@ -217,3 +217,26 @@ def test_a_file_that_is_not_a_csv_is_refused_saying_what_was_expected(
     as_zip = client.post("/v1/batches", files={"file": ("upload.bin", buf.getvalue(), "application/octet-stream")})
     assert as_zip.status_code == 202, as_zip.text
     assert _queued(settings) == 1
+
+
+def test_a_batch_refused_part_way_leaves_nothing_though_chunks_were_queued(
+    settings: ApiSettings,
+) -> None:
+    from fastapi.testclient import TestClient as Client
+
+    from services.api.app import create_app
+
+    small = settings.model_copy(update={"batch_chunk_rows": 2, "max_batch_rows": 5})
+    rows = "id,pgc\n" + "".join(f"g{k},{1000 + k}\n" for k in range(8))
+    with Client(create_app(small), raise_server_exceptions=False) as client:
+        key = {"Idempotency-Key": "part-way"}
+        resp = client.post("/v1/batches", content=rows, headers={"Content-Type": "text/csv", **key})
+        assert resp.status_code == 422 and "more than 5 rows" in resp.json()["detail"]
+        # Two chunks went to the queue while the catalog was read; the batch they name is
+        # gone, so a worker drops them (tests/shared/test_batchstore.py), and nothing stays.
+        assert _queued(settings) == 2
+        assert list(redis.Redis.from_url(settings.redis_url).scan_iter(match=f"{settings.key_prefix}:*")) == []
+        fixed = client.post(
+            "/v1/batches", content="id,pgc\ng1,2557\n", headers={"Content-Type": "text/csv", **key}
+        )
+        assert fixed.status_code == 202  # the key was not used up
