@@ -43,7 +43,7 @@ from services.local_stack import free_port, start_redis, start_worker, stop
 from services.worker.inference import predict
 from services.worker.sessions import SessionCache
 from shared.jobstore import JobStore
-from shared.orientation import orient_cutout, padded_fov_arcmin
+from services.worker.orientation import orient_cutout, padded_fov_arcmin
 from shared.preprocessing import preprocess
 from shared.registry import RegistryReader
 from shared.resolver import get_resolver

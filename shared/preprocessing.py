@@ -19,6 +19,24 @@ Hostile input is handled here, on purpose, once:
   the filter's reach into the padding) straight into the model-sized square, which
   gives the same array as pad-then-resize (to float rounding) at a cost bounded by
   the decoded image and the model's input size.
+
+Cheap by construction (issue 11):
+
+- **8-bit stays 8-bit.** An 8-bit image (most PNG, JPEG, GIF, BMP, WebP, TIFF) is
+  decoded to ``uint8`` and resized by Pillow in its 8-bit mode, in one call for all
+  channels (one for greyscale), then scaled to float at the model's size. Against
+  resizing three float32 channels this rounds each output value to 1/255 (at most
+  0.002 off on the [0, 1] scale); 16-bit, float and FITS images keep the float path.
+- **JPEG draft mode.** A JPEG is decoded at 1/2, 1/4 or 1/8 scale by the DCT itself
+  when that leaves its long side at least :func:`decode_side` of the model's size
+  (six times the size, and never under :data:`DRAFT_MIN_SIDE`): within 0.01 of a full
+  decode on the [0, 1] scale, at a fraction of its cost.
+- **Decoded once.** :class:`DecodedImage` keeps the decoded pixels of one image for
+  every model input (and the page's seen image) made from it; :func:`preprocess` is
+  one :class:`DecodedImage` asked for one spec, so a worker that asks it for four
+  tasks gets exactly what four :func:`preprocess` calls give.
+- **FITS north up.** FITS stores its first row at the bottom; it is flipped so row 0
+  is the top, as every FITS viewer shows it (north up for a survey cutout).
 """
 
 from __future__ import annotations
@@ -37,8 +55,12 @@ from shared.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from shared.registry import InputSpec
 
 __all__ = [
+    "DRAFT_MIN_SIDE",
+    "DecodedImage",
     "ImageInfo",
     "PILLOW_FORMATS",
+    "decode_pixels",
+    "decode_side",
     "inspect_image",
     "decode_image",
     "to_model_input",
@@ -56,6 +78,15 @@ _FITS_MAGIC = b"SIMPLE  ="
 MAX_ASPECT_RATIO = 20.0
 #: Planes a FITS array may hold beyond its image plane (a g/r/i cube has 3).
 _FITS_MAX_PLANES = 3
+#: A JPEG's draft decode keeps at least this long a side, whatever the model's size: a
+#: 64 px model's decode then also gives the page's 256 px seen image without a second one.
+DRAFT_MIN_SIDE = 256
+#: ... and at least this many times the model's input side. The DCT's 1/4 and 1/8 scales
+#: average blocks of pixels, a coarser filter than the bilinear resize that follows: a
+#: 1024 px JPEG drafted to 256 px for a 64 px input moved star peaks by up to 0.03 (on
+#: [0, 1]), drafted to 512 px by 0.003, about the 8-bit rounding (tests/shared/
+#: test_preprocessing_tolerance.py pins the bound).
+DRAFT_FACTOR = 6
 # Truncated files must fail loudly, never be half-filled with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -185,11 +216,14 @@ def _fits_array(data: bytes, max_pixels: int) -> np.ndarray:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise InvalidImage(f"The FITS file cannot be read: {exc}") from exc
-    if array.ndim == 3 and array.shape[0] == 3:
-        array = np.moveaxis(array, 0, -1)  # a g/r/i cube becomes RGB
-    elif array.ndim >= 3:
+    if array.ndim >= 3 and not (array.ndim == 3 and array.shape[0] == 3):
         array = array.reshape((-1,) + array.shape[-2:])[0]
-    return _asinh_stretch(array)
+    # FITS counts rows from the bottom (row 1 is the lowest on screen in every viewer,
+    # north up in a survey cutout); numpy's row 0 is the top, so flip the rows.
+    array = array[..., ::-1, :]
+    if array.ndim == 3:
+        array = np.moveaxis(array, 0, -1)  # a g/r/i cube becomes RGB
+    return _asinh_stretch(np.ascontiguousarray(array))
 
 
 def _asinh_stretch(array: np.ndarray) -> np.ndarray:
@@ -204,11 +238,28 @@ def _asinh_stretch(array: np.ndarray) -> np.ndarray:
     vmin, vmax = PercentileInterval(99.5).get_limits(array)
     scaled = (array - vmin) / (vmax - vmin) if vmax > vmin else np.zeros_like(array)
     # asinh maps [0, 1] onto [0, 1] monotonically, so clipping first changes nothing.
-    out = AsinhStretch(0.1)(np.clip(scaled, 0.0, 1.0), clip=True).astype(np.float32)
-    return out if out.ndim == 3 else np.repeat(out[..., None], 3, axis=-1)
+    # One plane stays one plane (a grey image): to_model_input resizes it once.
+    return AsinhStretch(0.1)(np.clip(scaled, 0.0, 1.0), clip=True).astype(np.float32)
 
 
-def _pillow_array(img: Image.Image) -> np.ndarray:
+def _draft(img: Image.Image, min_side: int | None) -> bool:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale while its long side stays ≥ ``min_side``.
+
+    Returns whether the decode depends on ``min_side`` at all (only JPEG's does).
+    """
+    if img.format != "JPEG":
+        return False
+    if min_side is not None and img.mode in ("RGB", "L"):
+        long_side = max(img.width, img.height)
+        if long_side >= 2 * min_side:
+            scale = min_side / long_side
+            # Pillow picks the largest reduction whose result still covers this size.
+            img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+    return True
+
+
+def _pillow_pixels(img: Image.Image) -> np.ndarray:
+    """uint8 ``(H, W)`` or ``(H, W, 3)`` for 8-bit images, float32 in [0, 1] otherwise."""
     img.seek(0)  # first frame of GIF/TIFF stacks
     try:
         img.load()
@@ -216,12 +267,13 @@ def _pillow_array(img: Image.Image) -> np.ndarray:
         raise InvalidImage(f"The image data is corrupt or truncated: {exc}") from exc
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return _grey(np.asarray(img, dtype=np.float32) / 65535.0)
+        return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
     if mode in ("I", "F"):
         # float64: the span of two extreme float32 values (-3e38 .. 3e38) overflows float32.
         values = _finite(np.asarray(img, dtype=np.float64), "image")
         lo, hi = float(values.min()), float(values.max())
-        return _grey((values - lo) / (hi - lo) if hi > lo else np.zeros_like(values))
+        plane = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+        return np.clip(plane, 0.0, 1.0).astype(np.float32)
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif mode == "PA":
@@ -231,16 +283,22 @@ def _pillow_array(img: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
     elif img.mode in ("1", "L"):
-        return _grey(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+        return np.asarray(img.convert("L"))
     elif img.mode != "RGB":
         img = img.convert("RGB")
-    array = np.asarray(img, dtype=np.float32)
-    array /= 255.0  # in place: one float copy of the image, not two
+    return np.asarray(img)
+
+
+def _float_rgb(pixels: np.ndarray) -> np.ndarray:
+    """float32 ``(H, W, 3)`` in [0, 1] from what :func:`decode_pixels` gives."""
+    if pixels.dtype == np.uint8:
+        array = pixels.astype(np.float32)
+        array /= 255.0  # in place: one float copy of the image, not two
+    else:
+        array = np.asarray(pixels, dtype=np.float32)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
     return array
-
-
-def _grey(plane: np.ndarray) -> np.ndarray:
-    return np.repeat(np.clip(plane, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
 
 
 def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
@@ -268,19 +326,126 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     return ImageInfo(img.format or "?", img.width, img.height, img.mode, getattr(img, "n_frames", 1))
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Decode any supported image into a float32 ``(H, W, 3)`` array in [0, 1].
+def decode_side(size: int) -> int:
+    """The shortest long side a JPEG may be decoded at for a ``size``-pixel model input."""
+    return max(DRAFT_FACTOR * size, DRAFT_MIN_SIDE)
 
-    Greyscale becomes three equal channels; palette, alpha, 16-bit and float modes
-    are normalised; animated/multi-page files give their first frame.
+
+def _decode(data: bytes, max_pixels: int, min_side: int | None) -> tuple[np.ndarray, bool, bool]:
+    """The pixels; whether another ``min_side`` could have given other pixels; whether
+    they are the full resolution."""
+    if _is_fits(data):
+        return _fits_array(data, max_pixels), False, True
+    img = _open_pillow(data, max_pixels)
+    size = img.size
+    depends = _draft(img, min_side)
+    return _pillow_pixels(img), depends, img.size == size
+
+
+def decode_pixels(data: bytes, *, max_pixels: int, min_side: int | None = None) -> np.ndarray:
+    """Decode any supported image as cheaply as its use allows.
+
+    Parameters
+    ----------
+    data
+        The encoded image: PNG, JPEG, GIF, TIFF, WebP, BMP or FITS.
+    max_pixels
+        Decompression-bomb guard.
+    min_side
+        The long side the caller needs (see :func:`decode_side`): a JPEG may be
+        decoded at 1/2, 1/4 or 1/8 scale as long as its long side stays at least
+        this. ``None`` decodes at full resolution.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` for 8-bit images, float32 in [0, 1] for 16-bit, float and FITS
+        ones; ``(H, W)`` for greyscale, ``(H, W, 3)`` for colour. Always finite.
 
     Raises
     ------
     InvalidImage, ImageTooLarge, UnsupportedMediaType
     """
-    if _is_fits(data):
-        return _fits_array(data, max_pixels)
-    return _pillow_array(_open_pillow(data, max_pixels))
+    return _decode(data, max_pixels, min_side)[0]
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode any supported image into a float32 ``(H, W, 3)`` array in [0, 1].
+
+    Greyscale becomes three equal channels; palette, alpha, 16-bit and float modes
+    are normalised; animated/multi-page files give their first frame; FITS is
+    stretched and flipped north up. Full resolution (no draft): for a model input,
+    :func:`preprocess` is cheaper.
+
+    Raises
+    ------
+    InvalidImage, ImageTooLarge, UnsupportedMediaType
+    """
+    return _float_rgb(decode_pixels(data, max_pixels=max_pixels))
+
+
+class DecodedImage:
+    """One image decoded at most once for every model input made from it.
+
+    A worker makes one per image and asks it for each task's input and for the seen
+    image; :func:`preprocess` makes one and asks it for one spec, so both give the
+    same arrays by construction.
+
+    Parameters
+    ----------
+    source
+        Encoded bytes, or pixels already decoded (``uint8`` or float32 in [0, 1],
+        ``(H, W)`` or ``(H, W, 3)``, e.g. a rotated survey cutout).
+    max_pixels
+        Decompression-bomb guard for bytes.
+    """
+
+    def __init__(self, source: bytes | np.ndarray, *, max_pixels: int = 50_000_000) -> None:
+        self._data: bytes | None = None
+        self._max_pixels = max_pixels
+        # The min_side asked for → (pixels, full resolution?); the key None means "the
+        # same for every min_side" (anything but a JPEG, or pixels given).
+        self._decoded: dict[int | None, tuple[np.ndarray, bool]] = {}
+        if isinstance(source, np.ndarray):
+            self._decoded[None] = (source, True)
+        else:
+            self._data = bytes(source)
+
+    def _get(self, min_side: int) -> np.ndarray:
+        if None in self._decoded:
+            return self._decoded[None][0]
+        if min_side not in self._decoded:
+            assert self._data is not None
+            pixels, depends, full = _decode(self._data, self._max_pixels, min_side)
+            self._decoded[min_side if depends else None] = (pixels, full)
+            return pixels
+        return self._decoded[min_side][0]
+
+    def pixels(self, size: int) -> np.ndarray:
+        """The decoded pixels for a ``size``-pixel model input (see :func:`decode_pixels`).
+
+        Raises
+        ------
+        InvalidImage, ImageTooLarge, UnsupportedMediaType
+            On the first call that decodes.
+        """
+        return self._get(decode_side(size))
+
+    def pixels_covering(self, side: int) -> np.ndarray:
+        """Pixels at least ``side`` long (or the whole image), for a picture people look at.
+
+        Any decode already made that is large enough serves (the page's 256 px seen
+        image comes from the models' decode); otherwise a JPEG is decoded again, drafted
+        to ``side``.
+        """
+        for pixels, full in self._decoded.values():
+            if full or max(pixels.shape[:2]) >= side:
+                return pixels
+        return self._get(side)
+
+    def model_input(self, spec: InputSpec) -> np.ndarray:
+        """What ``spec``'s model takes: :func:`to_model_input` of :meth:`pixels`."""
+        return to_model_input(self.pixels(spec.size), spec)
 
 
 def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -291,12 +456,14 @@ def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     built: only the strip holding the image, plus the filter's reach into the
     padding, is resized, straight into its rows (or columns) of the output. Work
     and memory are bounded by the image and ``spec.size``, not by the square of the
-    image's long side.
+    image's long side. A ``uint8`` image is resized in Pillow's 8-bit mode (all
+    channels in one call) and scaled to [0, 1] after; a float one channel by channel.
 
     Parameters
     ----------
     image
-        ``(H, W, 3)`` float32 in [0, 1], as :func:`decode_image` returns.
+        ``(H, W)`` or ``(H, W, 3)``: ``uint8``, or float in [0, 1], as
+        :func:`decode_pixels` and :func:`decode_image` return.
     spec
         The model's input spec.
 
@@ -308,33 +475,60 @@ def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     Raises
     ------
     InvalidImage
-        If the array holds a non-finite value (:func:`decode_image` never gives one).
+        If a float array holds a non-finite value (the decoders never give one).
     """
-    if not np.isfinite(image).all():
-        raise InvalidImage("The image holds NaN or infinite pixel values.")
+    eight_bit = image.dtype == np.uint8
+    if not eight_bit:
+        image = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(image).all():
+            raise InvalidImage("The image holds NaN or infinite pixel values.")
+    grey = image.ndim == 2
+    planes = 1 if grey else 3
     height, width = image.shape[:2]
     side, size = max(height, width), spec.size
     rows = _axis_plan(height, side, size)
     cols = _axis_plan(width, side, size)
-    out = np.zeros((size, size, 3), dtype=np.float32)
+    out = np.zeros((size, size, planes), dtype=np.float32)
     if side == size:  # nothing to resize: just centre it in the square
-        out[rows.pad_before : rows.pad_before + height, cols.pad_before : cols.pad_before + width] = image
+        block = image if not grey else image[..., None]
+        out[rows.pad_before : rows.pad_before + height,
+            cols.pad_before : cols.pad_before + width] = block
+        if eight_bit:
+            out /= 255.0
     else:
         strip_h = rows.margin_before + height + rows.margin_after
         strip_w = cols.margin_before + width + cols.margin_after
         box = (cols.box[0], rows.box[0], cols.box[1], rows.box[1])
         out_size = (cols.out[1] - cols.out[0], rows.out[1] - rows.out[0])
-        for c in range(3):
-            # One channel at a time, in Pillow's float mode: the padded strip is the
-            # only full-resolution copy made.
-            strip = np.zeros((strip_h, strip_w), dtype=np.float32)
-            strip[rows.margin_before : rows.margin_before + height,
-                  cols.margin_before : cols.margin_before + width] = image[..., c]
-            # Pillow's resampling filters widen their support when shrinking: it antialiases.
-            resized = Image.fromarray(strip).resize(out_size, Image.Resampling.BILINEAR, box=box)
-            out[rows.out[0] : rows.out[1], cols.out[0] : cols.out[1], c] = np.asarray(resized)
+        target = out[rows.out[0] : rows.out[1], cols.out[0] : cols.out[1]]
+        inside = (slice(rows.margin_before, rows.margin_before + height),
+                  slice(cols.margin_before, cols.margin_before + width))
+        if eight_bit:
+            # One 8-bit resample for every channel; no padding copy when nothing is padded.
+            strip = image
+            if (strip_h, strip_w) != (height, width):
+                strip = np.zeros((strip_h, strip_w) + image.shape[2:], dtype=np.uint8)
+                strip[inside] = image
+            resized = np.asarray(
+                Image.fromarray(np.ascontiguousarray(strip), "L" if grey else "RGB").resize(
+                    out_size, Image.Resampling.BILINEAR, box=box
+                )
+            )
+            target[...] = resized.reshape(resized.shape[:2] + (planes,))
+            target /= 255.0
+        else:
+            for c in range(planes):
+                # One channel at a time, in Pillow's float mode: the padded strip is the
+                # only full-resolution copy made.
+                strip = np.zeros((strip_h, strip_w), dtype=np.float32)
+                strip[inside] = image if grey else image[..., c]
+                # Pillow's resampling filters widen their support when shrinking: it antialiases.
+                resized = Image.fromarray(strip).resize(out_size, Image.Resampling.BILINEAR, box=box)
+                target[..., c] = np.asarray(resized)
     if spec.channels == 1:
         out = out.mean(axis=-1, keepdims=True)
+    elif grey:
+        out = np.repeat(out, 3, axis=-1)
     out = np.clip(out, 0.0, 1.0)
     if spec.scaling == "symmetric":
         out = out * 2.0 - 1.0
@@ -385,8 +579,16 @@ def _axis_plan(length: int, side: int, size: int) -> _AxisPlan:
 
 
 def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int = 50_000_000) -> np.ndarray:
-    """Raw bytes → model input. The single function training and serving share."""
-    return to_model_input(decode_image(data, max_pixels=max_pixels), spec)
+    """Raw bytes → model input. The single function training and serving share.
+
+    It is :meth:`DecodedImage.model_input`: a JPEG decoded in draft mode down to
+    :func:`decode_side` of ``spec.size``, 8-bit images resized as 8-bit.
+
+    Raises
+    ------
+    InvalidImage, ImageTooLarge, UnsupportedMediaType
+    """
+    return DecodedImage(data, max_pixels=max_pixels).model_input(spec)
 
 
 # Exact symmetries of a square on (N, H, W, C) batches: no resampling, label-preserving

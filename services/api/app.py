@@ -177,7 +177,29 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         for name, component in jobs.OPENAPI_COMPONENTS.items():
             schema["components"]["schemas"].setdefault(name, component)
+        if settings.auth_mode == "keys":
+            _declare_bearer_keys(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+# Paths a key is needed for in keys mode (services.api.auth says which scope).
+_KEYED_PREFIXES = ("/v1/jobs", "/v1/batches", "/metrics")
+
+
+def _declare_bearer_keys(schema: dict) -> None:  # type: ignore[type-arg]
+    """Tell OpenAPI clients (and /docs' Authorize button) that keyed calls take a bearer key."""
+    schema["components"].setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `skyserve-admin keys create`, sent as "
+        "`Authorization: Bearer <key>`.",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(_KEYED_PREFIXES):
+            continue
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation["security"] = [{"apiKey": []}]

@@ -19,7 +19,7 @@ from services.worker.inference import predict as predict_images
 from services.worker.runtime import WorkerRuntime
 from services.worker.sessions import LoadedModel
 from shared.errors import InvalidRequest, NonFiniteAnswer, UnknownTask
-from shared.preprocessing import preprocess
+from shared.preprocessing import DecodedImage
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
@@ -89,19 +89,29 @@ def _spec_key(model: LoadedModel) -> str:
     return model.manifest.input.model_dump_json()
 
 
-def prepare(payload: bytes, models: Mapping[str, LoadedModel], *, max_pixels: int) -> Prepared:
-    """Decode and resize one image once per distinct input spec of ``models``.
+def prepare(
+    image: bytes | np.ndarray | DecodedImage,
+    models: Mapping[str, LoadedModel],
+    *,
+    max_pixels: int,
+) -> Prepared:
+    """Decode one image once and resize it once per distinct input spec of ``models``.
+
+    ``image`` is encoded bytes, pixels already decoded (a target's oriented cutout), or
+    a :class:`~shared.preprocessing.DecodedImage` the caller also uses (for the seen
+    image). Each array is what :func:`shared.preprocessing.preprocess` gives.
 
     Raises
     ------
     InvalidImage, ImageTooLarge, UnsupportedMediaType
         The bytes are not a usable image.
     """
+    decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, max_pixels=max_pixels)
     prepared: Prepared = {}
     for model in models.values():
         key = _spec_key(model)
         if key not in prepared:
-            prepared[key] = preprocess(payload, model.manifest.input, max_pixels=max_pixels)
+            prepared[key] = decoded.model_input(model.manifest.input)
     return prepared
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 
 from services.worker.answers import Prepared, answer, load_models, prepare
@@ -81,6 +82,7 @@ def _fetch(
 ) -> _Fetched:
     """Get one row's bytes and preprocess them; a row's failure is returned, not raised."""
     resolved: dict[str, Any] | None = None
+    data: bytes | np.ndarray
     try:
         fields = target_fields(row.input)  # column names without case (RA, Name, FILE)
         kind = row_locator(fields)
@@ -95,7 +97,7 @@ def _fetch(
         elif kind is not None:  # a catalog id, a name or a position
             target = resolve_target(row.input, resolver)
             resolved = target.resolved
-            data = runtime.images.cutout(target)
+            data = runtime.images.cutout(target)  # decoded pixels: no PNG round trip
         else:
             raise InvalidRequest(
                 "The row names no target: fill image_url, file, pgc, name, or ra and dec."

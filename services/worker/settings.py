@@ -23,17 +23,28 @@ Variables (type, default):
 - ``SKYSERVE_SWEEP_INTERVAL_SECONDS`` (float, 20)
 - ``SKYSERVE_WORKER_METRICS_PORT`` (int, 0 = off): ``/metrics`` of the worker and all its
   processes (see :mod:`services.worker.metrics`)
+- ``SKYSERVE_CUTOUT_PROVIDER`` (sdss | legacy | http | local | none, ``sdss``),
+  ``SKYSERVE_CUTOUT_URL_TEMPLATE``, ``SKYSERVE_CUTOUT_ALLOWED_HOSTS``,
+  ``SKYSERVE_CUTOUT_TIMEOUT_SECONDS`` (10), ``SKYSERVE_CUTOUT_RETRIES`` (2),
+  ``SKYSERVE_CUTOUT_BACKOFF_SECONDS`` (0.5), ``SKYSERVE_CUTOUT_PIXELS`` (256),
+  ``SKYSERVE_CUTOUT_MAX_BYTES`` (8 MiB), ``SKYSERVE_CUTOUT_CACHE_DIR``,
+  ``SKYSERVE_CUTOUT_ARCHIVE_DIR``, ``SKYSERVE_CUTOUT_ALLOW_PRIVATE_ADDRESSES`` (false):
+  where target jobs and image URLs get their pixels (:mod:`services.worker.cutouts`)
 
 plus the shared ones of :class:`shared.settings.SkyserveSettings`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import onnxruntime
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from shared.settings import SkyserveSettings
 
@@ -105,6 +116,65 @@ class WorkerSettings(SkyserveSettings):
         description="Concurrent image fetches (cutouts, image URLs, zip files) per batch chunk; "
         "the fetches are I/O bound, so more threads than cores pay off.",
     )
+
+    # Cutouts and remote images (services/worker/cutouts.py): only the worker fetches
+    # pixels, so the API and the trainer do not carry these.
+    cutout_provider: Literal["sdss", "legacy", "http", "local", "none"] = Field(
+        default="sdss",
+        description="Where catalog/coordinate jobs get pixels: the SDSS SkyServer or Legacy "
+        "Survey preset, 'http' with SKYSERVE_CUTOUT_URL_TEMPLATE, a 'local' archive folder, "
+        "or 'none' (such jobs are refused).",
+    )
+    cutout_url_template: str | None = Field(
+        default=None,
+        description="Cutout URL with {ra} {dec} {scale} {size} {fov} {fov_deg} {fov_arcsec} "
+        "{name} placeholders; overrides the preset's URL.",
+    )
+    cutout_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["skyserver.sdss.org", "www.legacysurvey.org"],
+        description="Hosts the service may fetch images from (cutouts, redirects, user image "
+        "URLs): comma-separated or a JSON list; 'host:port' pins a port, '*.domain' allows "
+        "subdomains.",
+    )
+    cutout_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Connect/read timeout of each cutout request."
+    )
+    cutout_allow_private_addresses: bool = Field(
+        default=False,
+        description="Let outbound fetches reach private, loopback and link-local addresses "
+        "(a host on the allowlist may still resolve to one). Off in deployments: it closes "
+        "server-side request forgery through DNS; tests turn it on for their local servers.",
+    )
+    cutout_retries: int = Field(
+        default=2, ge=0, description="Extra attempts after a timeout, connection error or 5xx."
+    )
+    cutout_backoff_seconds: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles on each further attempt."
+    )
+    cutout_pixels: int = Field(
+        default=256, gt=0, le=2048, description="Side of the requested cutout, in pixels."
+    )
+    cutout_max_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Largest cutout or remote image accepted."
+    )
+    cutout_cache_dir: Path | None = Field(
+        default=None, description="On-disk cache of fetched cutouts (files named by URL sha256)."
+    )
+    cutout_archive_dir: Path | None = Field(
+        default=None,
+        description="Folder of PNG/JPEG/FITS cutouts (by object name, or index.csv with "
+        "file,ra,dec) for cutout_provider=local.",
+    )
+
+    @field_validator("cutout_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     # Recovery of work stranded by a dead worker (services/worker/recovery.py). A unit's
     # lease must survive a missed renewal or two (Redis blip, a busy moment), so it lasts

@@ -32,10 +32,12 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from services.worker.answers import Stopwatch, answer, load_models, prepare
 from services.worker.chunks import answer_rows, count_attempt, failed_rows
 from services.worker.metrics import observe_chunk, observe_job
+from services.worker.orientation import encode_png
 from services.worker.runtime import WorkerRuntime, get_runtime, stop_runtime
 from services.worker.settings import WorkerSettings, get_settings
 from shared.errors import JobNotFound, SkyserveError
 from shared.leases import chunk_unit, job_unit
+from shared.preprocessing import DecodedImage
 from shared.messages import PREDICT_CHUNK_TASK, PREDICT_TASK
 from shared.schemas import TERMINAL_STATUSES, Batch, Job, JobResult, JobStatus, TargetInput
 from shared.seen import seen_png
@@ -208,16 +210,18 @@ def answer_job(runtime: WorkerRuntime, job: Job) -> JobResult:
     models = load_models(runtime, job.tasks, job.versions)
     watch.lap("load_models")
     if isinstance(job.input, TargetInput):
-        payload = runtime.images.cutout(job.input)
-        runtime.store.put_seen_image(job.id, payload)
+        cutout = runtime.images.cutout(job.input)  # decoded once, oriented: uint8 pixels
+        runtime.store.put_seen_image(job.id, encode_png(cutout))
+        image = DecodedImage(cutout)
         watch.lap("fetch_cutout")
     else:
-        payload = runtime.store.payload(job.id)
+        image = DecodedImage(runtime.store.payload(job.id), max_pixels=settings.max_image_pixels)
         watch.lap("read_payload")
-    prepared = prepare(payload, models, max_pixels=settings.max_image_pixels)
+    prepared = prepare(image, models, max_pixels=settings.max_image_pixels)
     watch.lap("preprocess")
     if not isinstance(job.input, TargetInput):
-        runtime.store.put_seen_image(job.id, seen_png(payload, max_pixels=settings.max_image_pixels))
+        # From the pixels the models were given: the upload is not decoded again.
+        runtime.store.put_seen_image(job.id, seen_png(image, max_pixels=settings.max_image_pixels))
         watch.lap("seen_image")
     (answers,) = answer(
         runtime.sessions.task_definitions,

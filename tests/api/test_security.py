@@ -165,3 +165,14 @@ def test_the_client_sends_skyserve_api_key(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("SKYSERVE_API_KEY", "sk_0123456789ab_secret-from-env")
     _, options = http_options("http://x", api_key=None, timeout=None)
     assert options["headers"]["Authorization"] == "Bearer sk_0123456789ab_secret-from-env"
+
+
+def test_openapi_declares_the_bearer_key_only_in_keys_mode(api: TestClient, client: TestClient) -> None:
+    keyed_schema = api.get("/openapi.json").json()
+    assert keyed_schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert keyed_schema["paths"]["/v1/jobs"]["post"]["security"] == [{"apiKey": []}]
+    # The catalogue stays public, so it asks for no key.
+    assert "security" not in keyed_schema["paths"]["/v1/tasks"]["get"]
+    open_schema = client.get("/openapi.json").json()
+    assert "securitySchemes" not in open_schema.get("components", {})
+    assert "security" not in open_schema["paths"]["/v1/jobs"]["post"]

@@ -18,7 +18,7 @@ from PIL import Image
 
 from services.worker.inference import predict
 from services.worker.sessions import SessionCache
-from shared.orientation import orient_cutout, padded_fov_arcmin
+from services.worker.orientation import orient_cutout, padded_fov_arcmin
 from shared.preprocessing import preprocess
 from shared.registry import RegistryReader
 from shared.schemas import TaskResult
@@ -141,6 +141,9 @@ def test_a_cutout_service_slower_than_the_timeout_fails_the_job_readably(
     error = job["error"]
     assert error["code"] == "cutout-unavailable" and error["status"] == 424
     assert "no answer within 1 s" in error["detail"] and "tried 2 times" in error["detail"]
+    # Which setting an operator changes, and the way around it, in the job's own reason.
+    assert "SKYSERVE_CUTOUT_TIMEOUT_SECONDS" in error["detail"]
+    assert "uploading an image" in error["detail"]
     assert len([r for r in system.stand_in.cutout_requests() if r.query["ra"] == "150.0"]) == 2
     assert api.get(f"/v1/jobs/{job['id']}/image").status_code == 409  # the job exists; it has no image
 
@@ -161,6 +164,8 @@ def test_a_cutout_template_off_the_allowlist_is_refused(redis_url: str, tmp_path
         assert job["status"] == "failed"
         assert job["error"]["code"] == "cutout-unavailable"
         assert "not in the allowlist" in job["error"]["detail"]
+        assert "SKYSERVE_CUTOUT_ALLOWED_HOSTS" in job["error"]["detail"]
+        assert "uploading an image" in job["error"]["detail"]
         assert system.stand_in.requests == []  # nothing was sent to a host not allowed
         # Uploads do not need the cutout service: the worker still answers them.
         assert uploaded["status"] == "succeeded", uploaded["error"]

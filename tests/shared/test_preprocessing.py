@@ -10,7 +10,15 @@ from astropy.io import fits
 from PIL import Image
 
 from shared.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from shared.preprocessing import decode_image, inspect_image, preprocess, to_model_input, tta_transform
+from shared.preprocessing import (
+    decode_image,
+    decode_pixels,
+    decode_side,
+    inspect_image,
+    preprocess,
+    to_model_input,
+    tta_transform,
+)
 from shared.registry import InputSpec
 from tests.helpers.images import bomb_png, ellipse, encode, truncated_png
 
@@ -118,8 +126,13 @@ def test_channels_and_scaling_follow_the_spec() -> None:
 def test_preprocess_is_decode_then_to_model_input() -> None:
     data = encode(ellipse(50, axis_ratio=0.3))
     spec = InputSpec(size=24)
-    np.testing.assert_array_equal(
-        preprocess(data, spec), to_model_input(decode_image(data, max_pixels=LIMIT), spec)
+    pixels = decode_pixels(data, max_pixels=LIMIT, min_side=decode_side(spec.size))
+    assert pixels.dtype == np.uint8  # an 8-bit PNG stays 8-bit until it is model-sized
+    np.testing.assert_array_equal(preprocess(data, spec), to_model_input(pixels, spec))
+    # The float image decode_image gives resizes to the same array within 8-bit rounding.
+    np.testing.assert_allclose(
+        preprocess(data, spec), to_model_input(decode_image(data, max_pixels=LIMIT), spec),
+        atol=1.0 / 255.0,
     )
 
 
@@ -303,3 +316,29 @@ def test_fits_stretch_needs_no_matplotlib() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- issue 11: FITS north up
+
+
+def test_fits_is_shown_north_up_as_every_viewer_shows_it() -> None:
+    # FITS row 1 is the bottom of the picture (ds9, astropy's imshow(origin="lower"),
+    # survey cutouts north up). A bright blob in the file's first rows, on the left, must
+    # come out at the bottom left of the decoded image, the seen image and the model input.
+    from shared.seen import seen_png
+
+    plane = np.zeros((40, 60), np.float32)
+    plane[2:8, 3:12] = 1000.0  # first rows of the file = bottom; low columns = left
+    plane[30:36, 45:50] = 300.0  # a fainter one at the top right
+    buf = io.BytesIO()
+    fits.PrimaryHDU(plane).writeto(buf)
+    data = buf.getvalue()
+    image = decode_image(data, max_pixels=LIMIT)
+    assert image[-5, 6].min() > 0.9 and image[5, 6].max() < 0.1  # bottom left, not top left
+    assert image[6, 47].min() > 0.3 and image[-6, 47].max() < 0.1  # top right
+    model = preprocess(data, InputSpec(size=30))
+    assert model[20:25, :6].mean() > model[5:10, :6].mean() + 0.3  # lower half holds the blob
+    seen = np.asarray(Image.open(io.BytesIO(seen_png(data, max_pixels=LIMIT))))
+    assert seen.shape == (256, 256, 3)
+    # 60 px wide → 256 (×4.27) with 10 rows of padding above: the blob lands on rows ~180-203.
+    assert seen[184:200, 15:45].mean() > 200 and seen[55:75, 15:45].mean() < 20

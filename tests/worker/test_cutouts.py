@@ -19,7 +19,7 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
-from shared.cutouts import (
+from services.worker.cutouts import (
     CUTOUT_PRESETS,
     HttpCutoutProvider,
     LocalArchiveProvider,
@@ -34,8 +34,14 @@ from shared.errors import (
     InvalidImage,
     UnsupportedMediaType,
 )
-from shared.orientation import orient_cutout, padded_fov_arcmin, rotation_angle_deg
-from shared.settings import SkyserveSettings
+from services.worker.orientation import (
+    encode_png,
+    orient_cutout,
+    orient_pixels,
+    padded_fov_arcmin,
+    rotation_angle_deg,
+)
+from services.worker.settings import WorkerSettings
 from tests.helpers.images import encode, png_bytes
 
 # --------------------------------------------------------------------------- a real server
@@ -380,25 +386,25 @@ def test_the_archive_index_is_checked(archive: Path) -> None:
 
 def test_providers_from_settings(archive: Path, tmp_path: Path) -> None:
     local = provider_from_settings(
-        SkyserveSettings(cutout_provider="local", cutout_archive_dir=archive)
+        WorkerSettings(cutout_provider="local", cutout_archive_dir=archive)
     )
     assert isinstance(local, LocalArchiveProvider)
     http = provider_from_settings(
-        SkyserveSettings(cutout_provider="legacy", cutout_cache_dir=tmp_path, cutout_retries=0)
+        WorkerSettings(cutout_provider="legacy", cutout_cache_dir=tmp_path, cutout_retries=0)
     )
     assert isinstance(http, HttpCutoutProvider)
     assert http.url_template == CUTOUT_PRESETS["legacy"] and http.retries == 0
     http.close()
-    assert provider_from_settings(SkyserveSettings(cutout_provider="none")) is None
+    assert provider_from_settings(WorkerSettings(cutout_provider="none")) is None
     with pytest.raises(ValueError, match="ARCHIVE_DIR"):
-        provider_from_settings(SkyserveSettings(cutout_provider="local"))
+        provider_from_settings(WorkerSettings(cutout_provider="local"))
 
 
 def test_allowed_hosts_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKYSERVE_CUTOUT_ALLOWED_HOSTS", "skyserver.sdss.org, *.example.org")
-    assert SkyserveSettings().cutout_allowed_hosts == ["skyserver.sdss.org", "*.example.org"]
+    assert WorkerSettings().cutout_allowed_hosts == ["skyserver.sdss.org", "*.example.org"]
     monkeypatch.setenv("SKYSERVE_CUTOUT_ALLOWED_HOSTS", '["a.org"]')
-    assert SkyserveSettings().cutout_allowed_hosts == ["a.org"]
+    assert WorkerSettings().cutout_allowed_hosts == ["a.org"]
 
 
 # --------------------------------------------------------------------------- orientation
@@ -476,9 +482,9 @@ def test_fetch_oriented_cutout_end_to_end(server: SkyServer) -> None:
     # The "survey" returns M31 as it looks on the sky (PA 35°, north up, east left).
     server.routes["/cutout"] = [Reply(body=galaxy_png(256, pa_deg=35.0))]
     with provider(server) as cutouts:
-        png = fetch_oriented_cutout(cutouts, 10.6848, 41.2689, 266.7, pa_deg=35.0, pixels=128)
-    assert Image.open(io.BytesIO(png)).size == (128, 128)
-    angle, _ = major_axis_angle(png)
+        pixels = fetch_oriented_cutout(cutouts, 10.6848, 41.2689, 266.7, pa_deg=35.0, pixels=128)
+    assert pixels.shape == (128, 128, 3) and pixels.dtype == np.uint8
+    angle, _ = major_axis_angle(encode_png(pixels))
     assert abs(angle) < 2.0
     query = parse_qs(urlsplit(server.requests[0]).query)
     # √2-padded field: 266.7′ · √2 · 60 / 256 px
@@ -494,7 +500,7 @@ def test_fetch_oriented_cutout_end_to_end(server: SkyServer) -> None:
      "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "224.0.0.1", "100.64.0.1"],
 )
 def test_private_loopback_and_link_local_addresses_are_refused(address: str) -> None:
-    from shared.cutouts import check_address
+    from services.worker.cutouts import check_address
 
     with pytest.raises(HostNotAllowed, match="private, loopback or link-local"):
         check_address(address, allow_private=False)

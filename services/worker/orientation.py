@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import InvalidRequest
-from shared.preprocessing import decode_image
+from shared.preprocessing import decode_pixels
 
-__all__ = ["rotation_angle_deg", "padded_fov_arcmin", "orient_cutout"]
+__all__ = ["encode_png", "orient_cutout", "orient_pixels", "padded_fov_arcmin", "rotation_angle_deg"]
 
 #: Requesting ``√2 ×`` the field leaves no blank corners after any rotation.
 PAD_FACTOR = math.sqrt(2.0)
@@ -56,7 +56,8 @@ def _to_rgb8(image: bytes | np.ndarray | Image.Image, max_pixels: int) -> Image.
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, bytes | bytearray | memoryview):
-        array = decode_image(bytes(image), max_pixels=max_pixels)
+        # 8-bit sources stay uint8 (no float round trip); FITS and 16-bit give floats.
+        array = decode_pixels(bytes(image), max_pixels=max_pixels)
     else:
         array = np.asarray(image)
     if array.ndim == 2:
@@ -67,13 +68,13 @@ def _to_rgb8(image: bytes | np.ndarray | Image.Image, max_pixels: int) -> Image.
         array = np.repeat(array, 3, axis=-1)
     array = array[..., :3]
     if array.dtype != np.uint8:
-        # decode_image gives floats in [0, 1]; anything else is clipped into that range.
+        # decode_pixels gives floats in [0, 1] for FITS and 16-bit; clipped into that range.
         array = np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0) * 255.0 + 0.5
         array = array.astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
-def orient_cutout(
+def orient_pixels(
     image: bytes | np.ndarray | Image.Image,
     pa_deg: float | None,
     fov_arcmin: float,
@@ -82,8 +83,8 @@ def orient_cutout(
     east_left: bool = True,
     pixels: int | None = None,
     max_pixels: int = 50_000_000,
-) -> bytes:
-    """Rotate a cutout so the major axis is horizontal, crop to the field, return PNG.
+) -> np.ndarray:
+    """Rotate a cutout so the major axis is horizontal and crop it to the field.
 
     Parameters
     ----------
@@ -107,8 +108,9 @@ def orient_cutout(
 
     Returns
     -------
-    bytes
-        A PNG of exactly what the model is given; the worker attaches it to the result.
+    numpy.ndarray
+        ``(side, side, 3)`` uint8: exactly what the model is given (the worker keeps
+        its PNG, :func:`encode_png`, as the job's seen image).
 
     Raises
     ------
@@ -132,7 +134,41 @@ def orient_cutout(
     img = img.crop((left, top, left + side, top + side))
     if pixels is not None and pixels != side:
         img = img.resize((pixels, pixels), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 ``(H, W, 3)`` image, at the fastest zlib setting.
+
+    Level 1: the PNG is only kept for people to look at; a cutout-sized square stays
+    small either way.
+    """
     out = io.BytesIO()
-    # Level 1: the PNG is read back at once; size matters less than ~10 ms a row.
-    img.save(out, format="PNG", optimize=False, compress_level=1)
+    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(
+        out, format="PNG", optimize=False, compress_level=1
+    )
     return out.getvalue()
+
+
+def orient_cutout(
+    image: bytes | np.ndarray | Image.Image,
+    pa_deg: float | None,
+    fov_arcmin: float,
+    *,
+    image_fov_arcmin: float | None = None,
+    east_left: bool = True,
+    pixels: int | None = None,
+    max_pixels: int = 50_000_000,
+) -> bytes:
+    """:func:`orient_pixels` as a PNG (parameters and errors the same)."""
+    return encode_png(
+        orient_pixels(
+            image,
+            pa_deg,
+            fov_arcmin,
+            image_fov_arcmin=image_fov_arcmin,
+            east_left=east_left,
+            pixels=pixels,
+            max_pixels=max_pixels,
+        )
+    )

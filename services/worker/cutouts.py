@@ -16,7 +16,8 @@ reaches the private one. A body that is not an image is refused without any of i
 reaching the client: its bytes may be someone's private page.
 :class:`LocalArchiveProvider` serves files from a folder by object name or position.
 Orientation (rotate by the position angle, crop to the field) lives in
-:mod:`shared.orientation`.
+:mod:`services.worker.orientation`. Only the worker fetches pixels: the API
+never imports this module.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
+import numpy as np
 
 from shared.errors import (
     CutoutUnavailable,
@@ -47,12 +49,12 @@ from shared.errors import (
     SkyserveError,
     UnsupportedMediaType,
 )
-from shared.orientation import orient_cutout, padded_fov_arcmin
-from shared.preprocessing import decode_image
+from services.worker.orientation import orient_cutout, orient_pixels, padded_fov_arcmin
+from shared.preprocessing import inspect_image
 from shared.resolver import normalise_identifier
 
 if TYPE_CHECKING:
-    from shared.settings import SkyserveSettings
+    from services.worker.settings import WorkerSettings
 
 __all__ = [
     "CUTOUT_PRESETS",
@@ -65,6 +67,7 @@ __all__ = [
     "provider_from_settings",
     "fetch_oriented_cutout",
     "orient_cutout",
+    "orient_pixels",
     "padded_fov_arcmin",
 ]
 
@@ -208,6 +211,11 @@ class CutoutProvider(ABC):
         CutoutUnavailable
             The provider could not deliver an image; ``detail`` says why.
         """
+
+    def forget(
+        self, ra_deg: float, dec_deg: float, fov_arcmin: float, *, name: str | None = None
+    ) -> None:  # noqa: B027 (optional hook; only caching providers keep anything)
+        """Drop what a cache holds for this field: its pixels turned out not to decode."""
 
     def close(self) -> None:  # noqa: B027 (optional hook; most providers hold nothing)
         """Release connections; the provider must not be used afterwards."""
@@ -395,6 +403,14 @@ class HttpCutoutProvider(CutoutProvider):
         """
         return self._download(url)
 
+    def forget(
+        self, ra_deg: float, dec_deg: float, fov_arcmin: float, *, name: str | None = None
+    ) -> None:
+        """Remove the cached file of this field, if any."""
+        path = self._cache_path(self.url_for(ra_deg, dec_deg, fov_arcmin, name=name))
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def close(self) -> None:
         self._client.close()
 
@@ -499,7 +515,10 @@ class HttpCutoutProvider(CutoutProvider):
                 content_type=kind,
             )
         try:
-            decode_image(data, max_pixels=self.max_pixels)
+            # The header only (format, size, bomb guard): the pixels are decoded once, by
+            # whoever uses them. A body whose pixels turn out broken is then forgotten
+            # (:meth:`forget`), so the cache does not keep serving it.
+            inspect_image(data, max_pixels=self.max_pixels)
         except SkyserveError as exc:
             detail = f"The image from {host} cannot be used: {exc.detail}"
             raise type(exc)(detail, host=host) from exc
@@ -661,7 +680,7 @@ def _separation_arcmin(ra1: float, dec1: float, ra2: float, dec2: float) -> floa
 ProviderKind = Literal["sdss", "legacy", "http", "local", "none"]
 
 
-def provider_from_settings(settings: SkyserveSettings) -> CutoutProvider | None:
+def provider_from_settings(settings: WorkerSettings) -> CutoutProvider | None:
     """Build the provider the ``cutout_*`` settings describe (``None`` for kind ``none``).
 
     Raises
@@ -703,26 +722,35 @@ def fetch_oriented_cutout(
     name: str | None = None,
     aliases: Sequence[str] = (),
     pixels: int | None = None,
-) -> bytes:
+    max_pixels: int = 50_000_000,
+) -> np.ndarray:
     """Fetch a √2-padded field, rotate the major axis horizontal, crop to ``fov_arcmin``.
 
     The one call a worker needs for a catalog job: ``fov_arcmin`` from
     :func:`shared.resolver.field_of_view_arcmin`, ``pa_deg`` from the catalog.
-    Without a PA nothing is rotated and the unpadded field is fetched.
+    Without a PA nothing is rotated and the unpadded field is fetched. The fetched
+    bytes are decoded here, once; the models take the returned pixels as they are
+    (:class:`shared.preprocessing.DecodedImage`), with no PNG in between.
 
     Returns
     -------
-    bytes
-        PNG of what the model will see.
+    numpy.ndarray
+        ``(side, side, 3)`` uint8: what the model will see
+        (:func:`services.worker.orientation.encode_png` makes the page's PNG of it).
 
     Raises
     ------
     CutoutUnavailable
-        From the provider.
+        From the provider, or its image does not decode (then the provider's cache
+        forgets it).
     """
     fetch_fov = padded_fov_arcmin(fov_arcmin) if pa_deg is not None else fov_arcmin
     raw = provider.fetch(ra_deg, dec_deg, fetch_fov, name=name, aliases=aliases)
     try:
-        return orient_cutout(raw, pa_deg, fov_arcmin, image_fov_arcmin=fetch_fov, pixels=pixels)
+        return orient_pixels(
+            raw, pa_deg, fov_arcmin, image_fov_arcmin=fetch_fov, pixels=pixels,
+            max_pixels=max_pixels,
+        )
     except (InvalidImage, UnsupportedMediaType, ImageTooLarge) as exc:
+        provider.forget(ra_deg, dec_deg, fetch_fov, name=name)
         raise CutoutUnavailable(f"The cutout cannot be decoded: {exc.detail}") from exc
