@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from shared.schemas import utcnow
 
-__all__ = ["SCOPES", "Scope", "ApiKey", "KeyStore", "key_id_of"]
+__all__ = ["SCOPES", "ApiKey", "KeyStore", "Scope", "key_id_of"]
 
 Scope = Literal["read", "submit", "admin"]
 SCOPES: tuple[str, ...] = ("read", "submit", "admin")

@@ -16,7 +16,7 @@ from shared.registry import Manifest
 from shared.schemas import MemberAnswer, QuestionResult, TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["activate", "regression_members", "summarize"]
+__all__ = ["activate", "corrected_spread", "regression_members", "summarize"]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -113,10 +113,16 @@ def summarize(
             )
             for j, m in enumerate(manifest.members)
         ]
+        caveat = None
+        if task.kind == "classification" and value in task.unsupported_classes:
+            caveat = (f"{str(value).replace('_', ' ')} is an unsupported class of this task "
+                      "(too few training examples): do not trust this answer without "
+                      f"looking; the next most likely is {_runner_up(probs, value)}.")
         results.append(
             TaskResult(
                 **common,
                 value=value,
+                caveat=caveat,
                 probabilities=probs,
                 spread={lab: float(spread[i, k]) for k, lab in enumerate(labels)},
                 members=members,
@@ -125,11 +131,36 @@ def summarize(
     return results
 
 
+def corrected_spread(manifest: Manifest, samples: np.ndarray) -> np.ndarray:
+    """``(N,)`` spread of every member × sample value, bias-corrected (the task's unit).
+
+    ``samples`` is ``(M, S, N)`` as :func:`regression_members` returns it; the
+    correction ``(v + b)/(1 − m)`` scales a spread by ``1/(1 − m)``.
+    """
+    pooled = samples.reshape(-1, samples.shape[-1])
+    spread = _spread(pooled, 0)
+    if manifest.calibration is not None:
+        spread = spread / (1.0 - manifest.calibration.bias_m)
+    return spread
+
+
+def _runner_up(probs: dict[str, float], top: object) -> str:
+    label, p = max(((k, v) for k, v in probs.items() if k != top), key=lambda kv: kv[1],
+                   default=("none", 0.0))
+    return f"{label.replace('_', ' ')} ({100.0 * p:.0f} %)"
+
+
 def _summarize_regression(task, manifest, raw, n_images, common) -> list[TaskResult]:
     values, samples = regression_members(task, manifest, raw)
+    spread = corrected_spread(manifest, samples)
+    calibration = manifest.calibration
     results = []
     for i in range(n_images):
         v = values[:, i]
+        extra = {"spread": float(spread[i])}
+        error = calibration.error(float(spread[i])) if calibration is not None else None
+        if error is not None:  # the calibrated 1σ error of this answer
+            extra["error"] = float(error)
         members = [
             MemberAnswer(
                 member=m.name,
@@ -149,6 +180,7 @@ def _summarize_regression(task, manifest, raw, n_images, common) -> list[TaskRes
                     "stdev": float(_spread(v, 0)),
                     "min": float(v.min()),
                     "max": float(v.max()),
+                    **extra,
                 },
                 members=members,
                 calibration=manifest.calibration,

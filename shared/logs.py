@@ -20,7 +20,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["log_context", "bind", "JsonFormatter", "RedactingFilter", "configure_logging"]
+__all__ = ["JsonFormatter", "RedactingFilter", "bind", "configure_logging", "log_context"]
 
 #: Ids that describe what the current request or task is about.
 log_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(

@@ -33,7 +33,7 @@ from shared.registry import Manifest
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["Session", "MemberRunner", "stacked_copies", "dropout_masks", "run_members", "answer"]
+__all__ = ["MemberRunner", "Session", "answer", "dropout_masks", "run_members", "stacked_copies"]
 
 
 class Session(Protocol):

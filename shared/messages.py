@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-__all__ = ["PREDICT_TASK", "PredictMessage", "PREDICT_CHUNK_TASK", "ChunkMessage"]
+__all__ = ["PREDICT_CHUNK_TASK", "PREDICT_TASK", "ChunkMessage", "PredictMessage"]
 
 PREDICT_TASK = "skyserve.predict"
 

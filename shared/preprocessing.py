@@ -56,18 +56,18 @@ from shared.registry import InputSpec
 
 __all__ = [
     "DRAFT_MIN_SIDE",
+    "MAX_ASPECT_RATIO",
+    "PILLOW_FORMATS",
+    "TTA_TRANSFORMS",
     "DecodedImage",
     "ImageInfo",
-    "PILLOW_FORMATS",
+    "decode_image",
     "decode_pixels",
     "decode_side",
     "inspect_image",
-    "decode_image",
-    "to_model_input",
     "preprocess",
+    "to_model_input",
     "tta_transform",
-    "TTA_TRANSFORMS",
-    "MAX_ASPECT_RATIO",
 ]
 
 PILLOW_FORMATS = frozenset({"PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP"})

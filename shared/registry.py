@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -24,12 +25,12 @@ from pydantic import BaseModel, Field
 from shared.errors import ModelIntegrityError, RegistryUnavailable, UnknownModelVersion, UnknownTask
 
 __all__ = [
-    "InputSpec",
-    "McDropout",
-    "OutputSpec",
     "Calibration",
-    "Member",
+    "InputSpec",
     "Manifest",
+    "McDropout",
+    "Member",
+    "OutputSpec",
     "RegistryReader",
     "RegistryWriter",
     "sha256_file",
@@ -79,10 +80,29 @@ class OutputSpec(BaseModel):
 
 
 class Calibration(BaseModel):
-    """Linear bias correction (IncliNET): ``i_m - i_p = m * i_m + b`` → serve ``(i_p + b)/(1 - m)``."""
+    """Linear bias correction (IncliNET): ``i_m - i_p = m * i_m + b`` → serve ``(i_p + b)/(1 - m)``,
+    and the error model of each answer, both fitted on held-out (validation) data.
+
+    Each answer's 1σ error is ``sqrt(error_floor² + (error_spread_scale · spread)²)``,
+    ``spread`` the standard deviation of the bias-corrected values over every member ×
+    test-time transform × MC sample of that image (``summary.spread``); absent in
+    versions published before the error model existed.
+    """
 
     bias_m: float = 0.0
     bias_b: float = 0.0
+    error_floor: float | None = Field(
+        default=None, ge=0.0, description="σ's floor, in the task's unit (fitted on validation)."
+    )
+    error_spread_scale: float | None = Field(
+        default=None, ge=0.0, description="σ's factor on the members' spread (fitted on validation)."
+    )
+
+    def error(self, spread: float) -> float | None:
+        """The calibrated 1σ error of an answer with this spread; None without an error model."""
+        if self.error_floor is None or self.error_spread_scale is None:
+            return None
+        return math.hypot(self.error_floor, self.error_spread_scale * spread)
 
 
 class Member(BaseModel):

@@ -29,16 +29,16 @@ from shared.coordinates import SkyPosition, parse_coordinates
 from shared.errors import InvalidRequest, UnknownTarget
 
 __all__ = [
+    "DEFAULT_FOV_ARCMIN",
+    "FOV_FACTOR",
     "CatalogObject",
-    "SkyPosition",
     "Resolver",
+    "SkyPosition",
     "default_db_path",
+    "field_of_view_arcmin",
     "get_resolver",
     "normalise_identifier",
     "parse_coordinates",
-    "field_of_view_arcmin",
-    "FOV_FACTOR",
-    "DEFAULT_FOV_ARCMIN",
 ]
 
 #: IncliNET crops to ``1.5 · D25``; OpenNGC's major axis is the D25 diameter for galaxies.

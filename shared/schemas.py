@@ -26,27 +26,27 @@ from pydantic import (
 from shared.registry import Calibration
 
 __all__ = [
-    "JobStatus",
     "TERMINAL_STATUSES",
-    "Problem",
-    "ImageInput",
-    "Progress",
-    "MemberAnswer",
-    "QuestionResult",
-    "TaskResult",
-    "JobResult",
-    "Job",
-    "TargetInput",
-    "PgcTarget",
-    "NameTarget",
-    "PositionTarget",
-    "Target",
-    "target_kinds",
+    "Batch",
     "BatchRow",
     "BatchRowResult",
-    "Batch",
-    "utcnow",
+    "ImageInput",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "MemberAnswer",
+    "NameTarget",
+    "PgcTarget",
+    "PositionTarget",
+    "Problem",
+    "Progress",
+    "QuestionResult",
+    "Target",
+    "TargetInput",
+    "TaskResult",
     "check_target_query",
+    "target_kinds",
+    "utcnow",
 ]
 
 
@@ -374,6 +374,25 @@ class TaskResult(BaseModel):
     members: list[MemberAnswer]
     tta: list[str] = Field(default_factory=list)
     calibration: Calibration | None = None
+    applicable: bool | None = Field(
+        default=None,
+        description="False when the answer does not apply to this image (e.g. an inclination "
+        "of a nebula), decided by the task definition's applicability rules from other "
+        "tasks' answers in the same job; None when the task has no rules or no evidence.",
+    )
+    applicable_reason: str | None = Field(
+        default=None, description="Why the answer does not apply (every rule that fired)."
+    )
+    caveat: str | None = Field(
+        default=None,
+        description="A warning that goes with the headline value, e.g. a classification whose "
+        "top class is one of the task's unsupported classes (too few training examples).",
+    )
+    evidence: dict[str, AnswerFloat] | None = Field(
+        default=None,
+        description="What the applicability rules read: 'task:output' → probability or "
+        "vote fraction (for object type also its top class's probability).",
+    )
 
 
 class JobResult(BaseModel):

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "TABLE_FORMATS",
-    "MEDIA_TYPES",
     "EXTENSIONS",
-    "format_for_path",
-    "build_table",
-    "table_bytes",
+    "MEDIA_TYPES",
+    "TABLE_FORMATS",
     "ascii_text",
+    "build_table",
+    "format_for_path",
+    "table_bytes",
 ]
 
 #: Every format a table can be written in, in the order the docs list them.

@@ -14,7 +14,7 @@ from shared.errors import InvalidRequest
 from shared.resolver import Resolver, field_of_view_arcmin
 from shared.schemas import TargetInput
 
-__all__ = ["resolve_target", "row_locator", "target_fields", "LOCATOR_COLUMNS", "TARGET_KEYS"]
+__all__ = ["LOCATOR_COLUMNS", "TARGET_KEYS", "resolve_target", "row_locator", "target_fields"]
 
 TARGET_KEYS = ("pgc", "name", "target", "ra", "dec", "coordinates", "fov_arcmin")
 #: Columns that say what a catalog row looks at; a batch needs one of them.

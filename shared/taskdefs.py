@@ -18,14 +18,15 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 __all__ = [
+    "TASK_FILE",
+    "ApplicabilityRule",
+    "TaskDefinition",
     "TaskKind",
     "VoteQuestion",
     "VoteTreeSchema",
-    "TaskDefinition",
-    "TASK_FILE",
+    "get_task_definition",
     "load_task_definitions",
     "registry_task_definitions",
-    "get_task_definition",
 ]
 
 TASK_FILE = "task.json"
@@ -74,6 +75,35 @@ class VoteTreeSchema(BaseModel):
         return [f"{q.name}:{a}" for q in self.questions for a in q.answers]
 
 
+class ApplicabilityRule(BaseModel):
+    """One reason an answer does not apply, read off another task's answer in the same job.
+
+    The rule fires when the evidence task's ``output`` reaches ``at_least``: a
+    probability (classification, multilabel) or a vote fraction (vote tree,
+    ``question:answer``). With ``top_not_in`` (classification) it fires when the most
+    likely class is none of those classes and its probability reaches ``at_least``.
+    ``reason`` is what the answer then says; ``{p}`` is the evidence value as a
+    percentage and ``{top}`` the top class (in words).
+    """
+
+    task: str = Field(pattern=NAME_PATTERN, description="The task whose answer is the evidence.")
+    output: str | None = Field(
+        default=None,
+        description="A label (classification, multilabel) or 'question:answer' (vote tree).",
+    )
+    top_not_in: list[str] | None = Field(
+        default=None, description="Classification: fire when the top class is none of these."
+    )
+    at_least: float = Field(ge=0.0, le=1.0)
+    reason: str
+
+    @model_validator(mode="after")
+    def _one_test(self) -> ApplicabilityRule:
+        if (self.output is None) == (self.top_not_in is None):
+            raise ValueError("an applicability rule needs exactly one of output or top_not_in")
+        return self
+
+
 class TaskDefinition(BaseModel):
     """What a task answers and how a model's raw outputs become that answer."""
 
@@ -101,6 +131,12 @@ class TaskDefinition(BaseModel):
         description="Held-out metric (a key of the manifest's metrics) that is the headline "
         "value's error, e.g. rms_deg; quoted with every answer.",
     )
+    applicability: list[ApplicabilityRule] = Field(
+        default_factory=list,
+        description="When an answer does not apply to its image: rules read off other tasks' "
+        "answers, which the worker computes in the same job (asked for or not). Any rule "
+        "that fires makes the answer 'applicable: false' with its reason.",
+    )
     license: str | None = None
     citation: str | None = None
 
@@ -115,7 +151,14 @@ class TaskDefinition(BaseModel):
         unknown = [c for c in self.unsupported_classes if c not in (self.labels or [])]
         if unknown:
             raise ValueError(f"unsupported_classes of {self.name!r} are not labels: {unknown}")
+        if any(rule.task == self.name for rule in self.applicability):
+            raise ValueError(f"an applicability rule of {self.name!r} cannot use its own answer")
         return self
+
+    @property
+    def evidence_tasks(self) -> list[str]:
+        """Tasks whose answers the applicability rules read, in rule order."""
+        return list(dict.fromkeys(rule.task for rule in self.applicability))
 
     @property
     def output_names(self) -> list[str]:

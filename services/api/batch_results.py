@@ -26,13 +26,15 @@ def task_columns(task: TaskDefinition) -> list[str]:
     """The CSV columns one task contributes."""
     name = task.name
     if task.kind == "regression":
-        cols = [name, f"{name}_stdev"]
+        cols = [name, f"{name}_stdev", f"{name}_error"]
     elif task.kind == "classification":
         cols = [name, *(f"{name}_p_{label}" for label in task.labels or [])]
     elif task.kind == "multilabel":
         cols = [f"{name}_p_{label}" for label in task.labels or []]
     else:
         cols = [f"{name}_{col.replace(':', '_')}" for col in task.output_names]
+    if task.applicability:  # whether the answer applies to the image, and why not
+        cols += [f"{name}_applicable", f"{name}_applicable_reason"]
     return [*cols, f"{name}_version"]
 
 
@@ -41,8 +43,9 @@ def _task_values(task: TaskDefinition, result: TaskResult | None) -> list[object
     if result is None:
         return [""] * width
     if task.kind == "regression":
-        stdev = (result.summary or {}).get("stdev", "")
-        values: list[object] = [_fmt(result.value), _fmt(stdev)]
+        summary = result.summary or {}
+        values: list[object] = [_fmt(result.value), _fmt(summary.get("stdev", "")),
+                                _fmt(summary.get("error", ""))]
     elif task.kind in ("classification", "multilabel"):
         probs = [_fmt((result.probabilities or {}).get(label, "")) for label in task.labels or []]
         values = [result.value, *probs] if task.kind == "classification" else probs
@@ -51,6 +54,9 @@ def _task_values(task: TaskDefinition, result: TaskResult | None) -> list[object
         for q in (task.vote_tree.questions if task.vote_tree else []):
             fractions = result.questions[q.name].fractions if result.questions else {}
             values.extend(_fmt(fractions.get(a, "")) for a in q.answers)
+    if task.applicability:
+        flag = "" if result.applicable is None else str(result.applicable).lower()
+        values += [flag, result.applicable_reason or ""]
     return [*values, result.model_version]
 
 
@@ -129,11 +135,16 @@ def _column_notes(tasks: list[TaskDefinition]) -> tuple[dict[str, str], dict[str
     for task in tasks:
         name = task.name
         notes[f"{name}_version"] = f"{name} model version that answered"
+        if task.applicability:
+            notes[f"{name}_applicable"] = (f"{name}: false when the answer does not apply to "
+                                           "the image (task definition's rules)")
+            notes[f"{name}_applicable_reason"] = f"{name}: why it does not apply"
         if task.kind == "regression":
             if task.unit:
-                units[name] = units[f"{name}_stdev"] = task.unit
+                units[name] = units[f"{name}_stdev"] = units[f"{name}_error"] = task.unit
             notes[name] = f"{task.title}: ensemble median"
             notes[f"{name}_stdev"] = f"{name}: standard deviation over ensemble members"
+            notes[f"{name}_error"] = f"{name}: 1-sigma error calibrated on held-out data"
         elif task.kind in ("classification", "multilabel"):
             if task.kind == "classification":
                 notes[name] = f"{task.title}: most probable class"

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.registry import Calibration, InputSpec, OutputSpec
-from shared.taskdefs import TaskDefinition
+from shared.taskdefs import ApplicabilityRule, TaskDefinition
 
 __all__ = ["TaskInfo", "MemberCard", "HeldOutError", "ModelCard", "ReadyCheck", "Readiness"]
 
@@ -58,6 +58,10 @@ class ModelCard(BaseModel):
     limitations: list[str] = Field(default_factory=list)
     unsupported_classes: list[str] = Field(
         default_factory=list, description="Labels this version cannot be trusted on."
+    )
+    applicability: list[ApplicabilityRule] = Field(
+        default_factory=list,
+        description="When an answer does not apply to its image (the task definition's rules).",
     )
     license: str | None = None
     citation: str | None = None

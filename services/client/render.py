@@ -116,11 +116,23 @@ def headline_answer(result: TaskResult) -> tuple[str, float] | None:
 def format_value(result: TaskResult) -> str:
     """The headline answer, readably.
 
-    ``42.10 ± 1.30 deg`` (regression: median ± ensemble spread), ``galaxy (p=0.87)``
+    ``42.10 ± 1.30 deg`` (regression: median ± its calibrated 1σ error, or the
+    ensemble spread in versions without an error model), ``galaxy (p=0.87)``
     (classification), ``reject p=0.96: face_on 0.99`` (multilabel: the first label's
     probability, then the other labels at 0.5 or more), ``featured-or-disk 0.68
-    (smooth-or-featured)`` (vote tree: the first question's likeliest answer).
+    (smooth-or-featured)`` (vote tree: the first question's likeliest answer). An
+    answer with a caveat ends with ``— caveat: <caveat>``, one flagged
+    ``applicable: false`` with ``— not applicable: <reason>``.
     """
+    text = _format_value(result)
+    if result.caveat:
+        text += f" — caveat: {result.caveat}"
+    if result.applicable is False:
+        text += f" — not applicable: {result.applicable_reason or 'see the evidence'}"
+    return text
+
+
+def _format_value(result: TaskResult) -> str:
     unit = f" {result.unit}" if result.unit else ""
     if result.kind == "vote_tree":
         top = headline_answer(result)
@@ -138,6 +150,9 @@ def format_value(result: TaskResult) -> str:
         return result.value if p is None else f"{result.value} (p={p:.2f})"
     if result.value is None:
         return "—"
+    error = (result.summary or {}).get("error")
+    if error is not None:
+        return f"{result.value:.2f} ± {error:.2f}{unit} (1σ)"
     stdev = (result.summary or {}).get("stdev")
     if stdev is None:
         return f"{result.value:.4g}{unit}"

@@ -6,7 +6,8 @@ with the same options: each one overrides a recipe field for this run and is rec
 in the manifest with the resolved recipe. ``--tiny`` runs the recipe's seconds-long
 variant; ``--resume RUN_DIR`` finishes a run whose export, parity check or
 evaluation failed, from its saved members. ``evaluate`` re-evaluates a published
-version through the served path; ``catalog`` trains a task defined by a user's CSV;
+version through the served path; ``republish`` publishes a version's members again as
+a new version with today's calibration and metrics; ``catalog`` trains a task defined by a user's CSV;
 ``architectures`` lists the bodies. Heavy libraries load inside commands, so
 ``--help`` is instant.
 """
@@ -246,6 +247,45 @@ def evaluate_command(
     console.print(table)
     for note in found.notes:
         console.print(f"[dim]{note}[/dim]")
+
+
+@app.command("republish")
+def republish_command(
+    task: Annotated[str, typer.Argument(help="A published task.")],
+    version: Annotated[int | None, typer.Argument(help="Its version (default: the latest).")]
+    = None,
+    models_dir: ModelsDir = None, threads: Threads = None, workers: Workers = None,
+    verbose: Verbose = False,
+) -> None:
+    """Publish a version's members again as a new version: the calibration the release
+    path fits on validation today (a regression's bias and error model) and the metrics
+    it measures as served today. The published version itself is never edited."""
+    settings = _setup(verbose)
+    from services.trainer.evaluate.published import republish
+    from shared.errors import SkyserveError
+    from shared.taskdefs import get_task_definition
+
+    root = models_dir or settings.models_dir
+    command = "skyserve-train republish " + shlex.join(
+        [task] + ([str(version)] if version is not None else []))
+    console.print(f"[dim]{command}[/dim]")
+    try:
+        manifest, metrics = republish(task, version, models_dir=root, command=command,
+                                        threads=threads or settings.trainer_threads,
+                                        workers=workers or settings.trainer_render_workers)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    except SkyserveError as exc:
+        raise _fail(exc.detail) from exc  # type: ignore[arg-type]
+    from services.trainer.manifest import headline_rows
+
+    table = Table(title=f"{task} v{manifest.version} — republished, as served")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in headline_rows(get_task_definition(task, root), metrics):
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"published to [bold]{Path(root) / task / str(manifest.version)}[/bold]")
 
 
 @app.command()

@@ -76,7 +76,9 @@ def headline_rows(task: TaskDefinition, metrics: dict[str, Any]) -> list[tuple[s
     rows: list[tuple[str, str]] = []
     if task.kind == "regression":
         keys = ["rms_deg", "mae_deg", "rms_deg_uncalibrated", "bias_m", "bias_b", "within_5deg",
-                "baseline_axis_ratio_rms_deg", "baseline_axis_ratio_mae_deg"]
+                "error_floor", "error_spread_scale", "error_coverage_1sigma",
+                "error_coverage_2sigma", "baseline_axis_ratio_rms_deg",
+                "baseline_axis_ratio_mae_deg"]
         rows += [(f"member {name} rms_deg", fmt(m["rms_deg"]))
                  for name, m in metrics.get("members", {}).items()]
     elif task.kind == "multilabel":
@@ -84,7 +86,8 @@ def headline_rows(task: TaskDefinition, metrics: dict[str, Any]) -> list[tuple[s
         rows += [(f"{lab} acc / prec / rec", " / ".join(fmt(m[k]) for k in
                   ("accuracy", "precision", "recall"))) for lab, m in metrics["labels"].items()]
     elif task.kind == "classification":
-        keys = ["accuracy", "macro_recall", "log_loss"]
+        keys = ["accuracy", "macro_recall", "supported_accuracy", "supported_macro_recall",
+                "log_loss"]
         rows += [(f"recall {lab}", fmt(v)) for lab, v in metrics["per_class_recall"].items()]
     else:
         keys = ["vote_fraction_mae", "vote_fraction_mae_expected", "vote_fraction_mae_floor",

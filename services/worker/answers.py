@@ -4,6 +4,16 @@
 calls it from its fetch threads, one row at a time); :func:`answer` stacks prepared
 images and runs each task's ensemble once over all of them, so a chunk of rows is
 one batch per task, and a single job is simply a batch of one.
+
+A task whose definition has applicability rules (inclination: not a nebula, a
+cluster, an elliptical, a face-on disk or an empty field) gets its evidence in the
+same job: :func:`load_models` adds the evidence tasks' models (``ModelSet.evidence``)
+when they were not asked for, :func:`answer` runs them on the same images and
+:func:`shared.applicability.judge` marks each answer ``applicable`` or not. Evidence
+answers nobody asked for are not returned. An evidence task that was asked for is
+judged by its served answer; one that was not runs a cheap pass
+(:func:`evidence_model`: every member on the image as it is, MC dropout's
+deterministic pass), so judging costs about as much as the inclination itself.
 """
 
 from __future__ import annotations
@@ -11,22 +21,54 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from services.worker.inference import predict as predict_images
-from services.worker.runtime import WorkerRuntime
 from services.worker.sessions import LoadedModel
-from shared.errors import InvalidRequest, NonFiniteAnswer, UnknownTask
+from shared.applicability import apply_verdict, judge
+from shared.errors import InvalidRequest, NonFiniteAnswer, SkyserveError, UnknownTask
 from shared.preprocessing import DecodedImage
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["Prepared", "Stopwatch", "answer", "load_models", "prepare", "requested_tasks"]
+if TYPE_CHECKING:  # the runtime holds the micro-batcher, which answers through this module
+    from services.worker.runtime import WorkerRuntime
+
+__all__ = [
+    "ModelSet",
+    "Prepared",
+    "Stopwatch",
+    "answer",
+    "answer_task",
+    "evidence_model",
+    "load_models",
+    "prepare",
+    "requested_tasks",
+    "settle",
+    "spec_key",
+]
 
 #: One image preprocessed for every input spec the requested models use (spec key → array).
 Prepared = dict[str, np.ndarray]
+
+
+class ModelSet(dict[str, LoadedModel]):
+    """The requested tasks' loaded versions (task → model), plus ``evidence``: the
+    models of tasks the applicability rules read that were not requested. They are
+    run and judged with, never answered; a job's ``models`` lists only the requested.
+    """
+
+    def __init__(self, models: Mapping[str, LoadedModel] = (),  # type: ignore[assignment]
+                 evidence: Mapping[str, LoadedModel] | None = None) -> None:
+        super().__init__(models)
+        self.evidence: dict[str, LoadedModel] = dict(evidence or {})
+
+    def every(self) -> dict[str, LoadedModel]:
+        """Requested and evidence models together."""
+        return {**self, **self.evidence}
 
 
 class Stopwatch:
@@ -71,10 +113,42 @@ def requested_tasks(runtime: WorkerRuntime, tasks: Sequence[str]) -> list[str]:
     return names
 
 
+#: id(loaded version) → (that version, its evidence pass). One evidence object per loaded
+#: version, so the micro-batcher (which groups by model object) can group evidence runs
+#: of different jobs; the loaded version is kept so its id is never reused.
+_EVIDENCE: dict[int, tuple[LoadedModel, LoadedModel]] = {}
+
+
+def evidence_model(model: LoadedModel) -> LoadedModel:
+    """``model`` as a cheap evidence pass: the identity view only (no test-time transforms)
+    and, with MC dropout, one all-ones mask (the members' deterministic output)."""
+    cached = _EVIDENCE.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    evidence = _evidence_pass(model)
+    _EVIDENCE[id(model)] = (model, evidence)
+    return evidence
+
+
+def _evidence_pass(model: LoadedModel) -> LoadedModel:
+    manifest = model.manifest
+    update: dict[str, object] = {"tta": ["identity"]}
+    mc = manifest.output.mc_dropout
+    if mc is not None:  # rate 0 keeps every unit: the mask is all ones
+        update["output"] = manifest.output.model_copy(
+            update={"mc_dropout": mc.model_copy(update={"samples": 1, "rate": 0.0})})
+    return replace(model, manifest=manifest.model_copy(update=update))
+
+
 def load_models(
     runtime: WorkerRuntime, tasks: Sequence[str], versions: Mapping[str, int]
-) -> dict[str, LoadedModel]:
+) -> ModelSet:
     """The loaded version of each requested task: the pinned one, else the latest.
+
+    The evidence tasks of the requested tasks' applicability rules are loaded too
+    (pinned or latest, as a cheap :func:`evidence_model` pass) when not requested; one
+    that is not served, or fails to load, is left out and the rules reading it are not
+    judged.
 
     Raises
     ------
@@ -82,10 +156,22 @@ def load_models(
         InvalidRequest, UnknownTask, UnknownModelVersion, ModelIntegrityError.
     """
     names = requested_tasks(runtime, tasks)
-    return {name: runtime.sessions.get(name, versions.get(name)) for name in names}
+    models = ModelSet({name: runtime.sessions.get(name, versions.get(name)) for name in names})
+    definitions = runtime.sessions.task_definitions
+    for name in names:
+        for evidence in definitions[name].evidence_tasks:
+            if evidence in models or evidence in models.evidence or evidence not in definitions:
+                continue
+            try:
+                loaded = runtime.sessions.get(evidence, versions.get(evidence))
+            except SkyserveError:  # not served here: the rules reading it stay unjudged
+                continue
+            models.evidence[evidence] = evidence_model(loaded)
+    return models
 
 
-def _spec_key(model: LoadedModel) -> str:
+def spec_key(model: LoadedModel) -> str:
+    """The key of ``model``'s input spec in a :data:`Prepared` image."""
     return model.manifest.input.model_dump_json()
 
 
@@ -108,8 +194,9 @@ def prepare(
     """
     decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, max_pixels=max_pixels)
     prepared: Prepared = {}
-    for model in models.values():
-        key = _spec_key(model)
+    every = models.every() if isinstance(models, ModelSet) else models
+    for model in every.values():
+        key = spec_key(model)
         if key not in prepared:
             prepared[key] = decoded.model_input(model.manifest.input)
     return prepared
@@ -130,7 +217,8 @@ def answer(
     definitions
         Task name → definition.
     models
-        Task name → loaded version (from :func:`load_models`).
+        Task name → loaded version (from :func:`load_models`); a :class:`ModelSet`'s
+        evidence models run too, their answers only judge applicability.
     images
         Images as :func:`prepare` returns them for the same ``models``.
     max_batch_size
@@ -151,23 +239,67 @@ def answer(
     answers: list[dict[str, TaskResult]] = [{} for _ in images]
     if not images:
         return answers
-    for name, model in models.items():
-        key = _spec_key(model)
+    every = models.every() if isinstance(models, ModelSet) else dict(models)
+    for name, model in every.items():
+        key = spec_key(model)
         batch = np.stack([image[key] for image in images])
-        results = predict_images(definitions[name], model, batch, max_batch_size=max_batch_size)
+        results = answer_task(definitions[name], name, model, batch, max_batch_size=max_batch_size)
         for slot, result in zip(answers, results, strict=True):
-            if not _finite(result.model_dump()):
-                raise NonFiniteAnswer(
-                    f"Version {model.version} of {name!r} answered NaN or infinity for this "
-                    "image, so no result is stored. The model is faulty; an operator has to "
-                    "replace it (pin another version with 'versions' meanwhile).",
-                    task=name,
-                    model_version=model.version,
-                )
+            if isinstance(result, NonFiniteAnswer):
+                raise result
             slot[name] = result
         if watch is not None:
-            watch.lap(f"infer:{name}")
-    return answers
+            watch.lap(f"infer:{name}" if name in models else f"evidence:{name}")
+    return [settle(definitions, models, slot) for slot in answers]
+
+
+def settle(
+    definitions: Mapping[str, TaskDefinition],
+    models: Mapping[str, LoadedModel],
+    answers: dict[str, TaskResult],
+) -> dict[str, TaskResult]:
+    """One image's answers as the job reports them: each requested task with an
+    applicability rule judged on everything that ran (evidence included), and the
+    evidence nobody asked for dropped."""
+    judged = [name for name in models if definitions[name].applicability]
+    for name in judged:
+        answers[name] = apply_verdict(answers[name], judge(definitions[name], answers))
+    return {name: result for name, result in answers.items() if name in models}
+
+
+def answer_task(
+    definition: TaskDefinition,
+    name: str,
+    model: LoadedModel,
+    images: np.ndarray,
+    *,
+    max_batch_size: int,
+) -> list[TaskResult | NonFiniteAnswer]:
+    """Run one task's ensemble once over ``images``; per image its answer, or the
+    :class:`NonFiniteAnswer` it would be refused with.
+
+    The refusal is per image so that a micro-batch of unrelated jobs
+    (:mod:`services.worker.microbatch`) fails only the job it concerns; :func:`answer`
+    raises the first one for a whole job or chunk.
+
+    Raises
+    ------
+    ModelIntegrityError
+        If a model's outputs do not fit its task.
+    """
+    results = predict_images(definition, model, images, max_batch_size=max_batch_size)
+    return [
+        result
+        if _finite(result.model_dump())
+        else NonFiniteAnswer(
+            f"Version {model.version} of {name!r} answered NaN or infinity for this "
+            "image, so no result is stored. The model is faulty; an operator has to "
+            "replace it (pin another version with 'versions' meanwhile).",
+            task=name,
+            model_version=model.version,
+        )
+        for result in results
+    ]
 
 
 def _numbers(value: Any) -> Iterator[float]:

@@ -41,6 +41,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import numpy as np
 
+from services.worker.orientation import orient_cutout, orient_pixels, padded_fov_arcmin
 from shared.errors import (
     CutoutUnavailable,
     HostNotAllowed,
@@ -49,7 +50,6 @@ from shared.errors import (
     SkyserveError,
     UnsupportedMediaType,
 )
-from services.worker.orientation import orient_cutout, orient_pixels, padded_fov_arcmin
 from shared.preprocessing import inspect_image
 from shared.resolver import normalise_identifier
 
@@ -63,12 +63,12 @@ __all__ = [
     "LocalArchiveProvider",
     "PinnedTransport",
     "check_address",
-    "host_allowed",
-    "provider_from_settings",
     "fetch_oriented_cutout",
+    "host_allowed",
     "orient_cutout",
     "orient_pixels",
     "padded_fov_arcmin",
+    "provider_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -214,10 +214,10 @@ class CutoutProvider(ABC):
 
     def forget(
         self, ra_deg: float, dec_deg: float, fov_arcmin: float, *, name: str | None = None
-    ) -> None:  # noqa: B027 (optional hook; only caching providers keep anything)
+    ) -> None:
         """Drop what a cache holds for this field: its pixels turned out not to decode."""
 
-    def close(self) -> None:  # noqa: B027 (optional hook; most providers hold nothing)
+    def close(self) -> None:
         """Release connections; the provider must not be used afterwards."""
 
     def __enter__(self) -> CutoutProvider:

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from services.worker.settings import WorkerSettings
 from services.worker.cutouts import (
     CutoutProvider,
     HttpCutoutProvider,
@@ -26,6 +25,7 @@ from services.worker.cutouts import (
     fetch_oriented_cutout,
     provider_from_settings,
 )
+from services.worker.settings import WorkerSettings
 from shared.errors import CutoutUnavailable, HostNotAllowed
 from shared.schemas import TargetInput
 

@@ -18,6 +18,7 @@ from celery import current_app
 
 from services.worker.heartbeat import Heartbeat
 from services.worker.imaging import ImageSources
+from services.worker.microbatch import MicroBatcher
 from services.worker.recovery import LeaseKeeper, RunningWork, Sweeper
 from services.worker.sessions import SessionCache
 from services.worker.settings import WorkerSettings
@@ -68,6 +69,14 @@ class WorkerRuntime:
             client, prefix=settings.key_prefix, lease_seconds=settings.lease_seconds
         )
         self.work = RunningWork(self.leases, pid=self.pid)
+        # Single-image jobs of this process run their ensembles together when several
+        # are here at once (a threads pool); see services/worker/microbatch.py.
+        self.batcher = MicroBatcher(
+            max_size=settings.microbatch_max_size,
+            max_wait_s=settings.microbatch_max_wait_ms / 1000.0,
+            max_batch_size=settings.max_batch_size,
+            timeout_s=float(settings.task_soft_time_limit_seconds),
+        )
         # Ready once the models are loaded: /readyz counts no worker before that.
         self.ready = not settings.warm_up
         self.hostname: str | None = None
@@ -108,6 +117,7 @@ class WorkerRuntime:
             "running": len(self.work.units()),
             "providers": self.sessions.loaded_providers(),
             "max_batch_size": self.settings.max_batch_size,
+            "microbatches": self.batcher.figures(),
         }
 
     def start_heartbeat(self, hostname: str) -> bool:

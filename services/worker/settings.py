@@ -11,6 +11,8 @@ Variables (type, default):
 - ``SKYSERVE_HEARTBEAT_INTERVAL_SECONDS`` (float, 5)
 - ``SKYSERVE_HEARTBEAT_TTL_SECONDS`` (int, 20)
 - ``SKYSERVE_MAX_BATCH_SIZE`` (int, 32)
+- ``SKYSERVE_MICROBATCH_MAX_SIZE`` (int, 16; 1 = micro-batching off)
+- ``SKYSERVE_MICROBATCH_MAX_WAIT_MS`` (float, 3)
 - ``SKYSERVE_PINNED_VERSIONS_CACHED`` (int, 2)
 - ``SKYSERVE_WARM_UP`` (bool, true)
 - ``SKYSERVE_TASK_SOFT_TIME_LIMIT_SECONDS`` (int, 300)
@@ -80,6 +82,23 @@ class WorkerSettings(SkyserveSettings):
     )
     max_batch_size: int = Field(
         default=32, gt=0, description="Most images (x test-time transforms) in one session run."
+    )
+    # Micro-batching of concurrent single-image jobs (services/worker/microbatch.py). It
+    # needs a pool that runs several jobs in one process: `--pool threads --concurrency N`
+    # with N >= microbatch_max_size; a prefork child runs one job at a time, so there each
+    # job is its own run, exactly as with micro-batching off.
+    microbatch_max_size: int = Field(
+        default=16,
+        ge=1,
+        description="Most concurrent single-image jobs answered by one ensemble run per task; "
+        "1 turns micro-batching off (each job runs its ensemble on its own).",
+    )
+    microbatch_max_wait_ms: float = Field(
+        default=3.0,
+        ge=0,
+        le=1000,
+        description="Longest a job waits for others to join its micro-batch. A job that is "
+        "alone (no other job of this process is being prepared) does not wait at all.",
     )
     pinned_versions_cached: int = Field(
         default=2,

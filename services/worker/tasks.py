@@ -2,7 +2,10 @@
 
 The tasks are thin. ``predict`` marks the job running, gets its image (the upload, or
 for a target the oriented cutout, kept as the image the models saw) and hands the
-bytes to :mod:`services.worker.answers`. ``predict_chunk`` answers one chunk of a
+bytes to :mod:`services.worker.answers`; its ensembles run alone or, when several
+jobs are in one process at once (a threads pool), together with theirs
+(:mod:`services.worker.microbatch`), each job still storing, acknowledging and
+retrying on its own. ``predict_chunk`` answers one chunk of a
 batch through :mod:`services.worker.chunks` and records it once. Every outcome ends
 in a record: a client mistake or a broken model as a readable ``failed``, a bug as a
 generic internal problem naming the exception type. Only Redis connection errors
@@ -29,7 +32,7 @@ from celery import Celery, Task, current_app, shared_task, signals
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from services.worker.answers import Stopwatch, answer, load_models, prepare
+from services.worker.answers import Stopwatch, load_models, prepare
 from services.worker.chunks import answer_rows, count_attempt, failed_rows
 from services.worker.metrics import observe_chunk, observe_job
 from services.worker.orientation import encode_png
@@ -37,8 +40,8 @@ from services.worker.runtime import WorkerRuntime, get_runtime, stop_runtime
 from services.worker.settings import WorkerSettings, get_settings
 from shared.errors import JobNotFound, SkyserveError
 from shared.leases import chunk_unit, job_unit
-from shared.preprocessing import DecodedImage
 from shared.messages import PREDICT_CHUNK_TASK, PREDICT_TASK
+from shared.preprocessing import DecodedImage
 from shared.schemas import TERMINAL_STATUSES, Batch, Job, JobResult, JobStatus, TargetInput
 from shared.seen import seen_png
 
@@ -99,7 +102,10 @@ def predict(self: PredictTask, job_id: str) -> str:
     settings = _settings(self.app)
     runtime = get_runtime(settings)
     try:
-        with runtime.work.lease(job_unit(job_id), queue=_queue(self, settings)) as held:
+        with (
+            runtime.batcher.preparing(),
+            runtime.work.lease(job_unit(job_id), queue=_queue(self, settings)) as held,
+        ):
             if not held:
                 return "duplicate"
             return _run_job(runtime, job_id)
@@ -223,12 +229,9 @@ def answer_job(runtime: WorkerRuntime, job: Job) -> JobResult:
         # From the pixels the models were given: the upload is not decoded again.
         runtime.store.put_seen_image(job.id, seen_png(image, max_pixels=settings.max_image_pixels))
         watch.lap("seen_image")
-    (answers,) = answer(
-        runtime.sessions.task_definitions,
-        models,
-        [prepared],
-        max_batch_size=settings.max_batch_size,
-        watch=watch,
+    # Alone, or in one ensemble run with other jobs of this process (micro-batching).
+    answers = runtime.batcher.answer(
+        runtime.sessions.task_definitions, models, prepared, watch=watch
     )
     return JobResult(
         tasks=answers,

@@ -75,8 +75,10 @@ def test_png_upload_reads_every_answer(page: Any, system: RunningSystem, tmp_pat
     incl = card.locator("[data-task=inclination]")
     headline = incl.locator(".headline").inner_text()
     assert f"{tasks['inclination']['value']:.1f}" in headline
-    assert re.search(r"± 2\.5°", headline), headline  # the held-out RMS, not the spread
-    assert "held-out" in incl.inner_text() and "45°" in incl.inner_text()
+    # This answer's calibrated 1σ error, not the members' spread.
+    error = tasks["inclination"]["summary"]["error"]
+    assert f"± {error:.1f}°" in headline, headline
+    assert "1σ error, calibrated on held-out" in incl.inner_text() and "45°" in incl.inner_text()
 
     verdict = card.locator("[data-task=rejection] .verdict").inner_text()
     expected = "reject" if tasks["rejection"]["value"] >= 0.5 else "keep"
@@ -90,7 +92,7 @@ def test_png_upload_reads_every_answer(page: Any, system: RunningSystem, tmp_pat
     assert members.locator("tbody tr").count() == 3
 
     assert _seen_image_loaded(card) == 256
-    assert "inclination v2" in card.locator("footer").inner_text()
+    assert "inclination v3" in card.locator("footer").inner_text()
     json_link = card.locator("footer a", has_text="JSON").get_attribute("href")
     assert httpx.get(f"{system.url}/{json_link}", timeout=10).json()["id"] == job["id"]
     page.wait_for_function("document.getElementById('announcer').textContent.includes('Answer for')")
@@ -339,21 +341,32 @@ def test_a_not_applicable_answer_is_flagged(page: Any, system: RunningSystem, tm
 
 def test_model_card_pages(page: Any, system: RunningSystem) -> None:
     page.goto(f"{system.url}/#/models")
-    page.get_by_role("link", name=re.compile("Spiral galaxy inclination")).click()
+    # Every published version has a card; the one serving now says so.
+    page.get_by_role("link", name=re.compile(r"Spiral galaxy inclination.*\(serving\)")).click()
     page.wait_for_selector("#mc-use")
     text = page.locator("#view-models").inner_text()
     for part in ("Intended use", "Known limitations", "Held-out metrics", "Training data",
-                 "Licence and citation", "GalSim", "2.51°"):
+                 "Licence and citation", "GalSim", "2.51°", "When an answer does not apply",
+                 "Truths within the stated ±1σ"):
         assert part in text, part
     plots = page.locator(".plots img")
-    assert plots.count() == 2
+    from shared.registry import RegistryReader
+    from shared.settings import REPO_ROOT
+
+    served = RegistryReader(REPO_ROOT / "models")
+    folder = served.version_dir("inclination", served.latest("inclination"))
+    assert plots.count() == len(list(folder.glob("*.png"))) >= 2
     for i in range(plots.count()):
+        plots.nth(i).scroll_into_view_if_needed()  # plots load lazily
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plots.nth(i).element_handle())
     page.goto(f"{system.url}/#/models/object-type/2")
     page.wait_for_selector("#mc-limits")
     assert "reflection nebula, supernova remnant, protoplanetary nebula" in page.locator(
         "#view-models"
     ).inner_text()
+    page.goto(f"{system.url}/#/models/object-type/3")
+    page.wait_for_selector("#mc-metrics")
+    assert "Accuracy, supported classes" in page.locator("#view-models").inner_text()
 
 
 def test_api_docs_work_offline(page: Any, system: RunningSystem) -> None:

@@ -54,6 +54,18 @@ def test_each_kind_has_a_readable_headline() -> None:
     assert format_value(VOTE_TREE) == "featured-or-disk 0.68 (smooth-or-featured)"
 
 
+def test_a_calibrated_error_a_caveat_and_a_not_applicable_answer_are_shown() -> None:
+    calibrated = REGRESSION.model_copy(update={"summary": {**REGRESSION.summary, "error": 2.5}})
+    assert format_value(calibrated) == "61.25 ± 2.50 deg (1σ)"
+    flagged = calibrated.model_copy(update={"applicable": False,
+                                            "applicable_reason": "Looks like a nebula."})
+    assert format_value(flagged) == "61.25 ± 2.50 deg (1σ) — not applicable: Looks like a nebula."
+    assert format_value(calibrated.model_copy(update={"applicable": True})) == \
+        "61.25 ± 2.50 deg (1σ)"
+    rare = CLASSIFICATION.model_copy(update={"caveat": "galaxy is unsupported."})
+    assert format_value(rare) == "galaxy (p=0.87) — caveat: galaxy is unsupported."
+
+
 def test_a_decision_tree_row_carries_its_headline_answer() -> None:
     job = Job(
         id="a" * 32,

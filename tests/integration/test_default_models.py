@@ -115,3 +115,27 @@ def test_morphology_tells_round_ellipticals_from_face_on_spirals(stack: Stack) -
     # Simulated volunteers call these ~90 % smooth and ~15 % smooth; the served fractions
     # are pulled towards the mean (see the model card), but must keep them well apart.
     assert smooth["elliptical"] - smooth["spiral"] > 0.2, smooth
+
+
+def test_an_inclination_of_a_star_cluster_says_it_does_not_apply(stack: Stack) -> None:
+    """Real globular-cluster photos (the labelled CSV's ``val`` split), inclination only:
+    the answer is flagged from object type and rejection, run in the same job."""
+    import csv
+
+    from services.trainer.data.photos import catalog_paths
+    from tests.helpers.requirements import require_path
+
+    csv_path, folder = catalog_paths()
+    require_path(folder, package="stellarium-data")
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        clusters = [r["file"] for r in csv.DictReader(handle)
+                    if r["split"] == "val" and r["label"] == "globular_cluster"][:2]
+    assert clusters
+    for name in clusters:
+        result = _finished(stack, (folder / name).read_bytes(), "inclination")
+        assert list(result["tasks"]) == ["inclination"], result  # evidence is not returned
+        answer = result["tasks"]["inclination"]
+        assert answer["applicable"] is False, (name, answer["evidence"])
+        assert "not a galaxy" in answer["applicable_reason"] or "face-on" in \
+            answer["applicable_reason"], answer["applicable_reason"]
+        assert "object-type:top-not-galaxy" in answer["evidence"]

@@ -38,8 +38,13 @@ def test_a_galsim_galaxy_comes_back_within_5_degrees(stack: Stack, inclination: 
     # Every ensemble member answered, each from both test-time rotations, and the summary is there.
     assert [m["member"] for m in result["members"]] == [m.name for m in manifest.members]
     assert all(len(m["tta_values"]) == len(manifest.tta) for m in result["members"])
-    assert set(result["summary"]) == {"mean", "median", "stdev", "min", "max"}
+    # The summary, with the spread of every member x rotation and its calibrated 1σ error.
+    assert set(result["summary"]) == {"mean", "median", "stdev", "min", "max", "spread", "error"}
     assert result["summary"]["min"] <= result["value"] <= result["summary"]["max"]
+    assert result["summary"]["error"] >= manifest.calibration.error_floor > 0
+    # A clean, inclined disk is judged applicable from object type, rejection and morphology.
+    assert result["applicable"] is True, result["applicable_reason"]
+    assert {"rejection:face_on", "morphology:smooth-or-featured:smooth"} <= set(result["evidence"])
     assert result["model_version"] == manifest.version == job["result"]["models"]["inclination"]
     assert job["attempts"] == 1 and job["finished_at"] >= job["started_at"]
 

@@ -32,6 +32,21 @@ def test_regression_tta_median_calibration_and_summary() -> None:
     assert [m.value for m in result.members] == pytest.approx(expected)
     assert result.members[0].tta_values == pytest.approx([to_deg(0.0), to_deg(0.2)])
     assert result.model_version == 3
+    # The spread of every member x transform value, bias-corrected; no error model, no error.
+    pooled = [(to_deg(p) - 2.0) / 0.9 for p in (0.0, 0.2, 0.1, 0.1, 0.4, 0.0)]
+    assert result.summary["spread"] == pytest.approx(np.std(pooled, ddof=1))
+    assert "error" not in result.summary
+
+
+def test_regression_error_is_the_calibrated_error_model() -> None:
+    task = get_task_definition("inclination")
+    calibration = Calibration(bias_m=0.0, bias_b=0.0, error_floor=1.5, error_spread_scale=2.0)
+    manifest = _manifest(2, output=OutputSpec(activation="identity"), calibration=calibration)
+    raw = {"m0": np.array([[[60.0]], [[62.0]]]), "m1": np.array([[[61.0]], [[65.0]]])}
+    [result] = summarize(task, manifest, raw)
+    spread = np.std([60.0, 62.0, 61.0, 65.0], ddof=1)
+    assert result.summary["spread"] == pytest.approx(spread)
+    assert result.summary["error"] == pytest.approx(np.hypot(1.5, 2.0 * spread))
 
 
 def test_regression_is_clipped_to_the_served_range() -> None:
@@ -74,3 +89,12 @@ def test_vote_tree_schema_rejects_dangling_links() -> None:
         VoteTreeSchema.model_validate(
             {"questions": [{"name": "q", "answers": ["a", "b"], "depends_on": "nope:x"}]}
         )
+
+
+def test_a_top_class_the_task_does_not_support_carries_a_caveat() -> None:
+    task = TaskDefinition(name="kind", title="k", description="d", kind="classification",
+                          labels=["galaxy", "rare"], unsupported_classes=["rare"])
+    manifest = _manifest(1, output=OutputSpec(activation="identity"))
+    rare, galaxy = summarize(task, manifest, {"m0": np.array([[[0.3, 0.7], [0.9, 0.1]]])})
+    assert rare.value == "rare" and "unsupported" in rare.caveat and "galaxy (30 %)" in rare.caveat
+    assert galaxy.value == "galaxy" and galaxy.caveat is None

@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.trainer.evaluate.regression import by_bin, fit_bias, regression_metrics
+from services.trainer.evaluate.regression import (
+    by_bin,
+    error_metrics,
+    fit_bias,
+    fit_error,
+    regression_metrics,
+)
 
 
 def test_fit_bias_recovers_a_known_linear_pull() -> None:
@@ -40,3 +46,17 @@ def test_rms_per_bin_of_the_range() -> None:
     bins = by_bin(truth, pred, 45.0, 90.0)
     assert list(bins) == ["45-50", "50-55", "85-90"]  # empty bins left out; 90 in the last
     assert bins["45-50"] == pytest.approx(1.0) and bins["85-90"] == pytest.approx(3.0)
+
+
+def test_fit_error_recovers_a_known_error_model_and_its_coverage() -> None:
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0.2, 3.0, 20_000)
+    residual = rng.normal(0.0, np.hypot(1.5, 2.0 * spread))
+    a, k = fit_error(residual, spread)
+    assert a == pytest.approx(1.5, rel=0.05) and k == pytest.approx(2.0, rel=0.05)
+    covered = error_metrics(residual, np.hypot(a, k * spread))
+    assert covered["error_coverage_1sigma"] == pytest.approx(0.683, abs=0.01)
+    assert covered["error_coverage_2sigma"] == pytest.approx(0.954, abs=0.01)
+    # A spread that says nothing about the error: everything goes into the floor.
+    a, k = fit_error(rng.normal(0.0, 2.0, 20_000), rng.uniform(0.2, 3.0, 20_000))
+    assert a == pytest.approx(2.0, rel=0.05) and k < 0.1

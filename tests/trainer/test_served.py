@@ -133,3 +133,34 @@ def test_a_published_version_re_evaluated_as_served_gives_its_published_metrics(
     assert headline in compared
     for key in compared:  # same held-out images (rebuilt from the recorded recipe), same answers
         assert again[key] == pytest.approx(published[key], rel=1e-12, abs=1e-12), key
+
+
+@pytest.mark.slow
+def test_republishing_keeps_the_members_and_refits_what_the_release_path_fits(
+    tiny_registry: TinyRegistry, tmp_path
+) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from services.trainer.cli import app
+
+    root = tmp_path / "models"
+    shutil.copytree(tiny_registry.root / "inclination", root / "inclination")
+    published = (root / "inclination" / "1" / "manifest.json").read_bytes()
+    result = CliRunner().invoke(app, ["republish", "inclination", "1", "--models-dir",
+                                      str(root), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    reader = RegistryReader(root)
+    old, new = reader.manifest("inclination", 1), reader.manifest("inclination", 2)
+    assert (root / "inclination" / "1" / "manifest.json").read_bytes() == published
+    assert [m.sha256 for m in new.members] == [m.sha256 for m in old.members]
+    assert new.training["republished_from"]["version"] == 1
+    assert new.training["recipe"] == old.training["recipe"]
+    # The release path's own fit, redone on the same validation set, gives the same numbers.
+    assert new.calibration is not None and old.calibration is not None
+    for key in ("bias_m", "bias_b", "error_floor", "error_spread_scale"):
+        assert getattr(new.calibration, key) == pytest.approx(getattr(old.calibration, key))
+    for key in ("rms_deg", "mae_deg", "error_coverage_1sigma", "error_coverage_2sigma"):
+        assert new.metrics[key] == pytest.approx(old.metrics[key], rel=1e-9), key
+    assert 0.0 < new.metrics["error_coverage_1sigma"] <= new.metrics["error_coverage_2sigma"]

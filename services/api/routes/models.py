@@ -67,6 +67,7 @@ def _card(request: Request, registry: RegistryReader, task: str, version: int) -
         intended_use=manifest.intended_use or (definition.intended_use if definition else None),
         limitations=[*(definition.limitations if definition else []), *manifest.limitations],
         unsupported_classes=definition.unsupported_classes if definition else [],
+        applicability=definition.applicability if definition else [],
         license=manifest.license or (definition.license if definition else None),
         citation=manifest.citation or (definition.citation if definition else None),
         held_out_error=error,

@@ -1,7 +1,12 @@
 """Classification: the served class is the arg-max of the ensemble's mean probabilities.
 
 ``macro_recall`` averages recall over the classes present in the evaluation set;
-``confusion[i][j]`` counts images of true class i answered as class j.
+``confusion[i][j]`` counts images of true class i answered as class j. The task
+definition's ``unsupported_classes`` (too few training examples) are reported apart:
+``supported_accuracy`` and ``supported_macro_recall`` are measured on the images of
+supported classes only (an answer naming an unsupported class counts as wrong) and
+are the headline; ``unsupported_top_share`` is how often the top class of an answer
+is unsupported (such answers carry a caveat).
 """
 
 from __future__ import annotations
@@ -36,7 +41,18 @@ def classification_metrics(task: TaskDefinition, truth: np.ndarray,
                  for k, lab in enumerate(labels)}
     present = [r for r in recall.values() if r is not None]
     p_true = np.clip(prob[np.arange(len(truth)), truth], 1e-7, 1.0)
+    unsupported = [labels.index(c) for c in task.unsupported_classes]
+    supported = ~np.isin(truth, unsupported)
+    supported_recall = [r for lab, r in recall.items()
+                        if r is not None and lab not in task.unsupported_classes]
     return {
+        "supported_classes": [lab for lab in labels if lab not in task.unsupported_classes],
+        "n_supported": int(supported.sum()),
+        "supported_accuracy": (float(np.mean(pred[supported] == truth[supported]))
+                               if supported.any() else None),
+        "supported_macro_recall": (float(np.mean(supported_recall))
+                                   if supported_recall else None),
+        "unsupported_top_share": float(np.mean(np.isin(pred, unsupported))),
         "n": int(len(truth)),
         "accuracy": float(np.mean(pred == truth)),
         "macro_recall": float(np.mean(present)) if present else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from services.trainer.recipe import Recipe, load_recipe
 from shared.registry import Manifest, RegistryReader
 from shared.taskdefs import get_task_definition
 
-__all__ = ["Reevaluation", "recipe_of", "reevaluate"]
+__all__ = ["Reevaluation", "recipe_of", "reevaluate", "republish"]
 
 
 @dataclass
@@ -125,3 +126,87 @@ def reevaluate(task_name: str, version: int | None, *, models_dir: Path, folder:
     digest = hashlib.sha256(data.test.x.tobytes()).hexdigest()
     notes.append(f"test inputs sha256 {digest[:16]}… ({len(data.test)} images)")
     return Reevaluation(manifest, recipe, metrics, notes)
+
+
+def republish(task_name: str, version: int | None, *, models_dir: Path, workers: int = 1,
+              threads: int = 2, command: str = "") -> tuple[Manifest, dict[str, Any]]:
+    """Publish a published version's member files again as a new version, with what the
+    release path fits on validation today (a regression's bias correction and error
+    model) and the metrics it measures as served today (on today's labelled CSV).
+
+    A published version is never edited: the new version holds byte-identical member
+    files, the old manifest's training record (its recipe recorded, plus
+    ``training.republished_from`` with this ``command``) and freshly computed
+    ``metrics.json`` and plots — what a full rebuild's evaluation step computes from
+    the same members.
+
+    Raises
+    ------
+    UnknownTask, UnknownModelVersion, ModelIntegrityError
+        No such version, or a member file that does not match its checksum.
+    ValueError
+        The version's held-out sets cannot be rebuilt, or its task fits nothing.
+    """
+    import shutil
+
+    from services.trainer.data import build_splits
+    from services.trainer.evaluate import evaluate
+    from services.trainer.export import onnx_runners
+    from services.trainer.manifest import headline_metrics, write_json
+    from services.trainer.release import input_spec
+    from shared.registry import RegistryWriter
+
+    reader = RegistryReader(Path(models_dir))
+    source = reader.manifest(task_name, version)
+    for member in source.members:
+        reader.member_path(source, member, verify=True)
+    task = get_task_definition(task_name, Path(models_dir))
+    recipe, notes = recipe_of(source)
+    if recipe.data.source == "catalog":
+        raise ValueError(f"{task_name} v{source.version} was trained on a user catalog; "
+                         "retrain it from its CSV with skyserve-train catalog.")
+    data = build_splits(recipe.data.source, recipe.data.params, task=task,
+                        sizes=recipe.data.sizes, spec=input_spec(recipe), seed=recipe.seed,
+                        workers=workers, train=False)
+    calibrate = task.kind == "regression" and recipe.checks.bias_correction \
+        and data.val is not None
+    writer = RegistryWriter(Path(models_dir))
+    new_version = writer.claim(task.name)
+    staging = writer.stage(task.name)
+    try:
+        folder = reader.version_dir(task_name, source.version)
+        for member in source.members:
+            shutil.copy2(folder / member.file, staging / member.file)
+        draft = source.model_copy(update={"version": new_version, "calibration": None,
+                                          "metrics": {}, "created": datetime.now(UTC)})
+        manifest, metrics = evaluate(task, draft, onnx_runners(draft, staging, threads=threads),
+                                     data.test, staging, val=data.val, calibrate=calibrate,
+                                     failures=recipe.checks.failures)
+        metrics.update({k: source.metrics[k] for k in ("parity_max_abs_diff", "n_train")
+                        if k in source.metrics})
+        metrics.update(n_val=len(data.val) if data.val is not None else 0, n_test=len(data.test),
+                       evaluated_on=data.test.description.get("split", "test"))
+        write_json(staging / "metrics.json", metrics)
+        training = {**source.training, "recipe": recipe.record(), "republished_from": {
+            "version": source.version, "command": command,
+            "note": "same member files; metrics measured as served by this command"
+                    + ("; bias correction and error model fitted on the validation set"
+                       if calibrate else ""),
+            "notes": notes}}
+        training["evaluation"] = {
+            **training.get("evaluation", {}),
+            "metrics_on": f"{metrics['evaluated_on']} split ({len(data.test)} examples), served "
+                          "path: shared.members.answer (ONNX members x test-time transforms x "
+                          "MC samples with per-image masks -> shared.ensemble.summarize)",
+            "calibration_fit_on": "validation set" if calibrate else None}
+        training["data"] = {**training.get("data", {}), "test": data.test.description,
+                            "n_test": len(data.test),
+                            "test_label_counts": data.test.label_counts()}
+        manifest = manifest.model_copy(update={"metrics": headline_metrics(metrics),
+                                               "training": training})
+        published = writer.publish(staging, manifest, claimed=new_version)
+    except BaseException:
+        writer.discard(staging)
+        writer.unclaim(task.name, new_version)
+        raise
+    return published, metrics

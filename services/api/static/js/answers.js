@@ -69,14 +69,20 @@ function bar(label, p, spread, { cls = "", note = null } = {}) {
 
 function regression(result, def, card) {
   const [lo, hi] = def?.range || [null, null];
-  const error = card?.held_out_error;
+  // This answer's own 1σ error (calibrated on held-out data) when the version has an
+  // error model; else the model's typical held-out error.
+  const own = result.summary?.error;
+  const error = own !== undefined && own !== null ? { value: own, own: true } : card?.held_out_error;
   const stdev = result.summary?.stdev;
   const value = result.value;
   const u = unitText(result.unit);
   const nodes = [];
+  const coverage = card?.metrics?.error_coverage_1sigma;
   nodes.push(h("p", { class: "headline" }, num(value), h("span", { class: "unit" }, u),
     error ? h("span", { class: "pm" }, ` ± ${num(error.value)}${u}`) : null));
-  nodes.push(h("p", { class: "sub" }, error
+  nodes.push(h("p", { class: "sub" }, error?.own
+    ? `± ${num(error.value)}${u} is this answer's 1σ error, calibrated on held-out images${coverage !== undefined ? ` (${pct(coverage)} of held-out truths fell within their ±1σ)` : ""}.`
+    : error
     ? `± ${num(error.value)}${u} is the model's typical error: its ${error.metric.replace(/_deg$/, "").toUpperCase()} on ${card?.metrics?.n_test ? card.metrics.n_test.toLocaleString("en") + " " : ""}held-out images.`
     : "The model card lists no held-out error for this value."));
   if (lo !== null && hi !== null) {

@@ -2,7 +2,7 @@
 // what the version was trained on, what it is for, where it fails, its held-out
 // metrics and evaluation plots, its licence and how to cite it — all from the registry.
 
-import { h, fill, num, words, sentence } from "./dom.js";
+import { h, fill, num, pct, words, sentence } from "./dom.js";
 import { json, ApiError } from "./api.js";
 import { loadTasks } from "./catalogue.js";
 
@@ -64,6 +64,16 @@ const METRIC_LABELS = {
   bias_b: "bias correction: offset b (°)",
   parity_max_abs_diff: "ONNX export vs. Keras: largest difference",
   mc_samples: "MC dropout samples",
+  error_floor: "error model: floor a (°)",
+  error_spread_scale: "error model: factor k on the spread",
+  error_coverage_1sigma: "truths within the stated ±1σ",
+  error_coverage_2sigma: "truths within the stated ±2σ",
+  error_median_deg: "median stated 1σ (°)",
+  error_rms_deg: "RMS of the stated 1σ (°)",
+  supported_accuracy: "accuracy, supported classes",
+  supported_macro_recall: "macro recall, supported classes",
+  n_supported: "held-out images of supported classes",
+  unsupported_top_share: "share answered with an unsupported class",
 };
 const METRIC_WORDS = { rms: "RMS", mae: "MAE", nll: "NLL", f1: "F1", val: "validation", deg: "(°)", q0: "q₀" };
 
@@ -161,7 +171,11 @@ export async function showModelCard(view, task, version) {
       h("section", { "aria-labelledby": "mc-use" }, h("h2", { id: "mc-use" }, "Intended use"), h("p", {}, card.intended_use || "Not stated for this version.")),
       h("section", { "aria-labelledby": "mc-limits" }, h("h2", { id: "mc-limits" }, "Known limitations"),
         card.limitations?.length ? h("ul", {}, card.limitations.map((l) => h("li", {}, l))) : h("p", { class: "muted" }, "None recorded."),
-        card.unsupported_classes?.length ? h("div", { class: "notice warn" }, h("strong", {}, "Unsupported classes"), h("p", {}, `${card.unsupported_classes.map(words).join(", ")}: too few training examples to trust the model on them.`)) : null),
+        card.unsupported_classes?.length ? h("div", { class: "notice warn" }, h("strong", {}, "Unsupported classes"), h("p", {}, `${card.unsupported_classes.map(words).join(", ")}: too few training examples to trust the model on them.`)) : null,
+        // The task definition's rules: when an answer says it does not apply, and from what.
+        card.applicability?.length ? h("div", { class: "notice" }, h("strong", {}, "When an answer does not apply"),
+          h("ul", {}, card.applicability.map((r) => h("li", {},
+            `${sentence(r.task)}: ${r.output ? `${words(r.output)} at least ${pct(r.at_least)}` : `top class not ${r.top_not_in.map(words).join(" or ")}, at least ${pct(r.at_least)}`} (run in the same job).`)))) : null),
       h("section", { "aria-labelledby": "mc-metrics" }, h("h2", { id: "mc-metrics" }, "Held-out metrics"),
         metric ? h("p", { class: "headline" }, metric, h("span", { class: "pm" }, ` ${what}`)) : null,
         h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Held-out metrics" },
