@@ -57,6 +57,9 @@ bench: install-test ## Run the benchmarks (figures printed, baselines in the sam
 	$(PY) bench/preprocess.py
 	$(PY) bench/inference.py
 	$(PY) bench/batch_throughput.py
+	$(PY) bench/latency.py
+	$(PY) bench/catalog.py
+	$(PY) bench/scaling.py
 	$(PY) bench/api_memory.py
 	$(PY) bench/redis_memory.py
 	$(PY) bench/recovery.py
