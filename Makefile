@@ -59,6 +59,9 @@ bench: install-test ## Run the benchmarks (figures printed, baselines in the sam
 	$(PY) bench/inference.py
 	$(PY) bench/peer.py
 	$(PY) bench/batch_throughput.py
+	$(PY) bench/latency.py
+	$(PY) bench/catalog.py
+	$(PY) bench/scaling.py
 	$(PY) bench/api_memory.py
 	$(PY) bench/redis_memory.py
 	$(PY) bench/recovery.py

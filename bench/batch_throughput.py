@@ -115,6 +115,8 @@ def run_system(args: argparse.Namespace, tmp: Path, models: Path, stand_in: Cuto
         "SKYSERVE_CUTOUT_PROVIDER": "http",
         "SKYSERVE_CUTOUT_URL_TEMPLATE": stand_in.template,
         "SKYSERVE_CUTOUT_ALLOWED_HOSTS": stand_in.netloc,
+        # The stand-in listens on loopback, which deployments refuse.
+        "SKYSERVE_CUTOUT_ALLOW_PRIVATE_ADDRESSES": "true",
         "SKYSERVE_CUTOUT_PIXELS": str(args.cutout_pixels),
         "SKYSERVE_CUTOUT_CACHE_DIR": str(tmp / "cutout-cache"),
         "SKYSERVE_FETCH_THREADS": str(args.fetch_threads),

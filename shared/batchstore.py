@@ -3,14 +3,22 @@
 Layout under ``<prefix>:batch:<id>``:
 
 - ``…`` — the :class:`~shared.schemas.Batch` record (JSON), status transitions by WATCH/MULTI;
-- ``…:counts`` — a hash of ``done``, ``failed``, ``chunks_done`` counters, and while the
-  input is written ``stored_bytes`` and ``stored_chunks``;
+- ``…:counts`` — a hash of ``done``, ``failed``, ``chunks_done`` counters, while the
+  input is written ``stored_bytes`` and ``stored_chunks``, and once it is all written
+  ``chunks`` and ``total`` (the batch is *sealed*);
 - ``…:chunk:<k>`` — the rows of chunk ``k`` (JSON list of :class:`BatchRow`);
 - ``…:result:<k>`` — their outcomes (JSON list of :class:`BatchRowResult`), written once;
 - ``…:files`` — a hash of the image bytes uploaded inside a zip, by name.
 
 A chunk's result is written with ``SET NX`` and the counters move in the same Lua
 call, so a redelivered chunk never counts twice.
+
+Work starts while the input is still being read: the API opens the record first
+(:meth:`BatchStore.open`), enqueues each chunk as soon as it is stored, and seals the
+batch with its row and chunk counts at the end (:meth:`BatchStore.seal`). Whether the
+last chunk has been recorded is decided inside Redis against the sealed count
+(``_RECORD_CHUNK`` and ``_SEAL`` both return what they saw), so exactly one of the
+worker recording the last chunk and the API sealing finishes the batch.
 
 Redis memory. The input of a batch (its rows and zip images) is bounded by
 ``max_stored_bytes`` while it is written (:class:`~shared.errors.BatchTooLarge`, 413,
@@ -42,14 +50,26 @@ __all__ = ["BatchStore"]
 
 # Write a chunk's results once and count them in the same atomic step.
 # The chunk's rows and attempt counter (KEYS[3], KEYS[4]) are not needed after that.
+# Answers {chunks recorded, chunks in the batch or -1 before it is sealed}; -1 for a
+# redelivered chunk, -2 for a batch that is gone (discarded while its chunk ran: no
+# key of it is made again).
 _RECORD_CHUNK = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4]) then
   redis.call('HINCRBY', KEYS[2], 'done', ARGV[2])
   redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3])
   redis.call('UNLINK', KEYS[3], KEYS[4])
-  return redis.call('HINCRBY', KEYS[2], 'chunks_done', 1)
+  local done = redis.call('HINCRBY', KEYS[2], 'chunks_done', 1)
+  local total = redis.call('HGET', KEYS[2], 'chunks')
+  return {done, tonumber(total or '-1')}
 end
 return -1
+"""
+
+# Seal: the batch holds ARGV[1] chunks of ARGV[2] rows; answers the chunks recorded so far.
+_SEAL = """
+redis.call('HSET', KEYS[1], 'chunks', ARGV[1], 'total', ARGV[2])
+return tonumber(redis.call('HGET', KEYS[1], 'chunks_done') or '0')
 """
 
 #: How long a cancelled batch's input stays for chunks still running (beyond the
@@ -75,6 +95,7 @@ class BatchStore:
         self.max_stored_bytes = max_stored_bytes
         self.ended_input_ttl = ended_input_ttl
         self._record_chunk = client.register_script(_RECORD_CHUNK)
+        self._seal = client.register_script(_SEAL)
 
     def key(self, batch_id: str, *parts: object) -> str:
         return ":".join([f"{self.prefix}:batch:{batch_id}", *map(str, parts)])
@@ -167,14 +188,59 @@ class BatchStore:
         """Free ``key`` if it still names ``batch_id`` (the batch could not be queued)."""
         release_key(self.redis, self.idempotency_key(key), batch_id)
 
-    def create(self, batch: Batch) -> Batch:
-        """Store the record once every chunk is written; counters start at zero."""
+    def open(self, batch: Batch) -> Batch:
+        """Store the record of a batch whose input is about to be read (status queued,
+        counters at zero); its chunks may be enqueued as they are stored, and
+        :meth:`seal` says how many there are once all are."""
         with self.redis.pipeline() as pipe:
             pipe.set(self.key(batch.id), batch.model_dump_json(), ex=self.ttl)
             pipe.hset(self.key(batch.id, "counts"), mapping={"done": 0, "failed": 0, "chunks_done": 0})
             pipe.expire(self.key(batch.id, "counts"), self.ttl)
             pipe.execute()
         return batch
+
+    def seal(self, batch_id: str, *, columns: list[str], id_column: str, rows: int, chunks: int) -> Batch:
+        """Record that every chunk is stored: its columns, rows and chunks; finish the
+        batch if its workers have recorded every chunk already.
+
+        Raises
+        ------
+        JobNotFound
+        """
+        key = self.key(batch_id)
+
+        def complete(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                raise JobNotFound(f"There is no batch {batch_id!r} (it may have expired).")
+            batch = Batch.model_validate_json(raw)
+            batch.columns, batch.id_column, batch.chunks = columns, id_column, chunks
+            batch.progress.total = rows
+            pipe.multi()
+            pipe.set(key, batch.model_dump_json(), keepttl=True)
+
+        # The record first: whoever sees the last chunk recorded then reads it complete.
+        self.redis.transaction(complete, key)
+        recorded = int(self._seal(keys=[self.key(batch_id, "counts")], args=[chunks, rows]))
+        if recorded >= chunks:
+            self._finish(batch_id)
+        return self.get(batch_id)
+
+    def create(self, batch: Batch) -> Batch:
+        """Store a batch whose chunks are all stored already (open and seal at once)."""
+        self.open(batch)
+        self.redis.hset(
+            self.key(batch.id, "counts"), mapping={"chunks": batch.chunks, "total": batch.progress.total}
+        )
+        return batch
+
+    def sealed(self, batch_id: str) -> bool | None:
+        """Whether every chunk of a batch is stored; None if the batch does not exist."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.key(batch_id))
+            pipe.hexists(self.key(batch_id, "counts"), "chunks")
+            exists, sealed = pipe.execute()
+        return bool(sealed) if exists else None
 
     # -- reading ------------------------------------------------------------------------
     def get(self, batch_id: str) -> Batch:
@@ -228,26 +294,27 @@ class BatchStore:
         """
         done = sum(r.status == "succeeded" for r in results)
         payload = json.dumps([r.model_dump(mode="json", exclude_none=True) for r in results])
-        chunks_done = int(
-            self._record_chunk(
-                keys=[
-                    self.key(batch_id, "result", index),
-                    self.key(batch_id, "counts"),
-                    self.key(batch_id, "chunk", index),
-                    self.key(batch_id, "attempts", index),
-                ],
-                args=[payload, done, len(results) - done, self.ttl],
-            )
+        outcome = self._record_chunk(
+            keys=[
+                self.key(batch_id, "result", index),
+                self.key(batch_id, "counts"),
+                self.key(batch_id, "chunk", index),
+                self.key(batch_id, "attempts", index),
+            ],
+            args=[payload, done, len(results) - done, self.ttl],
         )
-        if chunks_done < 0:
-            return False
-        batch = self.get(batch_id)
-        if chunks_done >= batch.chunks:
-            self._transition(batch_id, JobStatus.SUCCEEDED)
-            self.redis.unlink(self.key(batch_id, "files"))  # every row has run
-        elif batch.status == JobStatus.QUEUED:
+        if not isinstance(outcome, list):
+            return False  # recorded before (-1), or the batch is gone (-2)
+        chunks_done, chunks = int(outcome[0]), int(outcome[1])
+        if 0 <= chunks <= chunks_done:
+            self._finish(batch_id)
+        elif self.get(batch_id).status == JobStatus.QUEUED:
             self._transition(batch_id, JobStatus.RUNNING)
         return True
+
+    def _finish(self, batch_id: str) -> None:
+        self._transition(batch_id, JobStatus.SUCCEEDED)
+        self.redis.unlink(self.key(batch_id, "files"))  # every row has run
 
     def is_cancelled(self, batch_id: str) -> bool:
         return self.get(batch_id).status == JobStatus.CANCELLED

@@ -1,11 +1,17 @@
 """Job records and payloads in Redis, with atomic status transitions.
 
 Records are JSON strings under ``<prefix>:job:<id>``; uploaded bytes under
-``<prefix>:blob:<id>``. Transitions use WATCH/MULTI so a cancelled job is never
-overwritten by a late worker, and a redelivered job that already finished keeps
-its first answer. The uploaded bytes are deleted as soon as the job ends (the record
-and its result stay for ``ttl_seconds``), so Redis holds payloads only for work
-still to do.
+``<prefix>:blob:<id>``. A new job (record, payload, idempotency key) is written in
+one MULTI, one round trip. A worker starts a job in one atomic step (a Lua script
+that patches the record's status, start time and attempt count); the other
+transitions use WATCH/MULTI so a cancelled job is never overwritten by a late
+worker, and a redelivered job that already finished keeps its first answer. The
+uploaded bytes are deleted as soon as the job ends (the record and its result stay
+for ``ttl_seconds``), so Redis holds payloads only for work still to do.
+
+When a job ends, the same transaction publishes its status on
+``<prefix>:done:<id>`` (:meth:`JobStore.done_channel`), so a client waiting with
+``GET /v1/jobs/{id}?wait=`` is woken at once instead of polling.
 """
 
 from __future__ import annotations
@@ -13,14 +19,21 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
+from pydantic import TypeAdapter
 
 from shared.errors import JobNotCancellable, JobNotFound, ServiceUnavailable, SkyserveError
 from shared.schemas import TERMINAL_STATUSES, Job, JobResult, JobStatus, Problem, utcnow
 
-__all__ = ["JobStore", "claim_key", "new_job_id", "release_key"]
+_TIMESTAMP = TypeAdapter(datetime)
+
+__all__ = ["DONE_CHANNEL", "JobStore", "claim_key", "new_job_id", "release_key"]
+
+#: Channel (after the key prefix) a job's final status is published on.
+DONE_CHANNEL = "done"
 
 # Point KEYS[1] at ARGV[2] only if it still holds ARGV[1] (take over a dead claim).
 _REPLACE = """
@@ -29,6 +42,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+
+# Start a job in one step. The record is the JSON pydantic writes for a Job: "status" is
+# its second field, and a job that has not ended ends with started_at, finished_at
+# (null), attempts, result (null) and error (null), so both can be patched in place
+# without decoding (cjson would rewrite floats and empty lists). A record of any other
+# shape answers {0} and the caller takes the WATCH/MULTI path instead.
+_START = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local status = string.match(raw, '^{"id":"[0-9a-f]*","status":"(%a+)"')
+if status ~= 'queued' and status ~= 'running' then
+  if status then return raw end
+  return {0}
+end
+local head, started, attempts = string.match(raw,
+  '^(.*)"started_at":(.-),"finished_at":null,"attempts":(%d+),"result":null,"error":null}$')
+if not head then return {0} end
+if started == 'null' then started = ARGV[1] end
+head = string.gsub(head, '^({"id":"[0-9a-f]*","status":)"%a+"', '%1"running"', 1)
+local new = head .. '"started_at":' .. started .. ',"finished_at":null,"attempts":'
+  .. (tonumber(attempts) + 1) .. ',"result":null,"error":null}'
+redis.call('SET', KEYS[1], new, 'KEEPTTL')
+return new
 """
 
 
@@ -94,12 +132,17 @@ class JobStore:
         self.redis = client
         self.prefix = prefix
         self.ttl = ttl_seconds
+        self._start = client.register_script(_START)
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
     def blob_key(self, job_id: str) -> str:
         return f"{self.prefix}:blob:{job_id}"
+
+    def done_channel(self, job_id: str) -> str:
+        """The pub/sub channel a job's final status is published on when it ends."""
+        return f"{self.prefix}:{DONE_CHANNEL}:{job_id}"
 
     def seen_key(self, job_id: str) -> str:
         return f"{self.prefix}:seen:{job_id}"
@@ -118,32 +161,52 @@ class JobStore:
     def worker_key(self, hostname: str) -> str:
         return f"{self.prefix}:worker:{hostname}"
 
-    def create(self, job: Job, payload: bytes | None, *, idempotency_key: str | None = None) -> Job:
-        """Store a new job and its payload.
+    def create(
+        self,
+        job: Job,
+        payload: bytes | None,
+        *,
+        idempotency_key: str | None = None,
+        also: Callable[[redis.client.Pipeline, bool], object] | None = None,
+    ) -> Job:
+        """Store a new job and its payload, and claim its idempotency key: one round trip.
 
         With an ``idempotency_key`` already used, the earlier job is returned instead
         and nothing of this one is kept, so a retried POST never makes two jobs, even
-        when the two requests arrive at the same moment: the record is written first
-        and the key claimed second (``SET NX``), so whoever loses the claim finds the
-        winner's record already there.
+        when the two requests arrive at the same moment: the record and the key's
+        ``SET NX`` go in one MULTI, so whoever loses the claim finds the winner's
+        record already there. ``also(pipe, undo)`` adds commands of the caller's (the
+        owner's claim, the key's count of unfinished jobs) to the same transaction, and
+        with ``undo=True`` their removal to the clean-up when the job is not kept.
         """
+        idem = self.idempotency_key(idempotency_key) if idempotency_key is not None else None
         with self.redis.pipeline() as pipe:
+            if idem is not None:
+                pipe.set(idem, job.id, nx=True, ex=self.ttl)
             if payload is not None:
                 pipe.set(self.blob_key(job.id), payload, ex=self.ttl)
             pipe.set(self.job_key(job.id), job.model_dump_json(), ex=self.ttl)
-            pipe.execute()
-        if idempotency_key is None:
+            if also is not None:
+                also(pipe, False)
+            replies = pipe.execute()
+        if idem is None or replies[0]:
             return job
+        # The key was taken: by a live job (return it), or by one that expired or was
+        # deleted (take the key over; our record is already stored).
         earlier = claim_key(
             self.redis,
-            self.idempotency_key(idempotency_key),
+            idem,
             job.id,
             self.ttl,
-            exists=lambda other: self.redis.exists(self.job_key(other)) > 0,
+            exists=lambda other: other == job.id or self.redis.exists(self.job_key(other)) > 0,
         )
-        if earlier is None:
+        if earlier is None or earlier == job.id:
             return job
-        self.redis.delete(self.blob_key(job.id), self.job_key(job.id))
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.blob_key(job.id), self.job_key(job.id))
+            if also is not None:
+                also(pipe, True)
+            pipe.execute()
         return self.get(earlier)
 
     def forget_idempotency_key(self, key: str, job_id: str) -> None:
@@ -193,13 +256,31 @@ class JobStore:
             if updated.status in TERMINAL_STATUSES:
                 # Nothing reads the upload once the job ended; do not keep it for days.
                 pipe.unlink(self.blob_key(job_id))
+                # Wakes the API requests waiting on this job (GET ?wait=).
+                pipe.publish(self.done_channel(job_id), updated.status.value)
             return updated
 
         return self.redis.transaction(transaction, key, value_from_callable=True)
 
     def start(self, job_id: str) -> Job:
-        """Mark a job running (counting the attempt) unless it already ended."""
+        """Mark a job running (counting the attempt) unless it already ended.
 
+        One atomic step (a Lua script, one round trip); a record the script does not
+        recognise is changed the WATCH/MULTI way instead.
+
+        Raises
+        ------
+        JobNotFound
+        """
+        now = _TIMESTAMP.dump_json(utcnow()).decode()
+        raw = self._start(keys=[self.job_key(job_id)], args=[now])
+        if raw is None:
+            raise JobNotFound(f"There is no job {job_id!r} (it may have expired).")
+        if isinstance(raw, list):
+            return self._start_by_transaction(job_id)
+        return Job.model_validate_json(raw)
+
+    def _start_by_transaction(self, job_id: str) -> Job:
         def change(job: Job) -> Job | None:
             if job.status in TERMINAL_STATUSES:
                 return None

@@ -14,7 +14,7 @@ from shared.errors import InvalidRequest
 from shared.resolver import Resolver, field_of_view_arcmin
 from shared.schemas import TargetInput
 
-__all__ = ["LOCATOR_COLUMNS", "TARGET_KEYS", "resolve_target", "row_locator"]
+__all__ = ["LOCATOR_COLUMNS", "TARGET_KEYS", "resolve_target", "row_locator", "target_fields"]
 
 TARGET_KEYS = ("pgc", "name", "target", "ra", "dec", "coordinates", "fov_arcmin")
 #: Columns that say what a catalog row looks at; a batch needs one of them.
@@ -23,12 +23,32 @@ LOCATOR_COLUMNS = ("image_url", "url", "file", "pgc", "name", "target", "ra", "c
 _MATCH_ARCMIN = 1.0
 
 
-def row_locator(values: Mapping[str, str]) -> str | None:
+_KNOWN = frozenset(TARGET_KEYS) | frozenset(LOCATOR_COLUMNS)
+
+
+def target_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a row that say what to look at, under their lowercase names.
+
+    Catalog headers come as people write them (``RA``, ``Dec``, ``PGC``, ``Name``,
+    `` file ``): names are matched without case or surrounding blanks. Where two
+    columns give the same name (``ra`` and ``RA``), the first non-empty value wins.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).strip().lower()
+        if name in _KNOWN and out.get(name) in (None, ""):
+            out[name] = value
+    return out
+
+
+def row_locator(values: Mapping[str, Any]) -> str | None:
     """What a catalog row names: ``url``, ``file``, ``pgc``, ``name``, ``coordinates`` or None.
 
     The precedence (an image URL, then a zip file, then a catalog id or name, then a
     position) is the one the API checks rows with and the worker runs them with.
+    Column names are matched without case (:func:`target_fields`).
     """
+    values = target_fields(values)
     if values.get("image_url") or values.get("url"):
         return "url"
     if values.get("file"):
@@ -70,6 +90,7 @@ def resolve_target(query: Mapping[str, Any], resolver: Resolver) -> TargetInput:
     InvalidRequest
         For a malformed query or unparseable coordinates.
     """
+    original, query = query, target_fields(query)
     fov = _fov(query.get("fov_arcmin"))
     pgc, name = query.get("pgc"), query.get("name") or query.get("target")
     if pgc not in (None, ""):
@@ -90,7 +111,7 @@ def resolve_target(query: Mapping[str, Any], resolver: Resolver) -> TargetInput:
         match = resolver.nearest(ra, dec, _MATCH_ARCMIN)
         obj = match[0] if match else None
         return TargetInput(
-            query=dict(query),
+            query=dict(original),
             resolved=obj.model_dump() if obj else None,
             ra_deg=ra,
             dec_deg=dec,
@@ -105,7 +126,7 @@ def resolve_target(query: Mapping[str, Any], resolver: Resolver) -> TargetInput:
     if obj.ra_deg is None or obj.dec_deg is None:
         raise InvalidRequest(f"{obj.name} has no catalogued position, so it cannot be imaged.")
     return TargetInput(
-        query=dict(query),
+        query=dict(original),
         resolved=obj.model_dump(),
         ra_deg=obj.ra_deg,
         dec_deg=obj.dec_deg,

@@ -12,14 +12,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from services.api.access_log import AccessLogMiddleware
 from services.api.limits import ActiveJobs, BodyLimitMiddleware, RateLimiter, TimeoutMiddleware
+from services.api.metrics import watch_queue
 from services.api.problems import CatchAllMiddleware, install_problem_handlers
 from services.api.queue import JobQueue
 from services.api.routes import batches, docs, health, jobs, metrics, models, web
 from services.api.settings import ApiSettings, get_settings
+from services.api.waiting import JobReader, JobWaiter
 from shared.apikeys import KeyStore
 from shared.batchstore import BatchStore
 from shared.jobstore import JobStore
@@ -90,6 +93,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         app.state.registry = RegistryReader(settings.models_dir)
         app.state.queue = JobQueue(settings)
+        # The hot path of GET /v1/jobs/{id} reads on the event loop, without a thread hop;
+        # the waiter's subscription has a connection of its own, idle between jobs.
+        async_client = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+        )
+        app.state.reader = JobReader(async_client, prefix=settings.key_prefix)
+        app.state.waiter = JobWaiter(
+            aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_keepalive=True),
+            prefix=settings.key_prefix,
+            fallback_seconds=settings.poll_interval_seconds,
+        )
+        await app.state.waiter.start()
+        watch_queue(client, settings.celery_queue)
         app.state.keys = KeyStore(client, prefix=settings.key_prefix)
         app.state.rate_limiter = RateLimiter(
             client, prefix=settings.key_prefix, per_minute=settings.rate_limit_per_minute
@@ -114,6 +130,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.waiter.stop()
+            await async_client.aclose()
             app.state.queue.close()
             client.close()
 

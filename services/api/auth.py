@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import anyio
+import redis
 from fastapi import Depends, Request
 
 from services.api.limits import RateLimiter
@@ -39,6 +40,7 @@ __all__ = [
     "AdminCaller",
     "AnyCaller",
     "claim",
+    "owner_commands",
     "check_owner",
 ]
 
@@ -150,6 +152,21 @@ def claim(request: Request, caller: Caller, kind: Kind, item_id: str, ttl_second
         return
     store = request.app.state.store
     store.redis.set(_owner_key(store.prefix, kind, item_id), caller.owner, ex=ttl_seconds)
+
+
+def owner_commands(
+    pipe: redis.client.Pipeline, request: Request, caller: Caller, kind: Kind, item_id: str,
+    ttl_seconds: int, *, undo: bool = False,
+) -> None:
+    """Add :func:`claim`'s write (or, with ``undo``, its removal) to ``pipe``: the owner is
+    then recorded in the same transaction that stores the job."""
+    if caller.owner is None:
+        return
+    key = _owner_key(request.app.state.store.prefix, kind, item_id)
+    if undo:
+        pipe.delete(key)
+    else:
+        pipe.set(key, caller.owner, ex=ttl_seconds)
 
 
 def check_owner(request: Request, caller: Caller, kind: Kind, item_id: str) -> None:

@@ -18,14 +18,20 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import IO, Any
 
 from shared.batchstore import BatchStore
-from shared.errors import ImageTooLarge, InvalidRequest, RequestTooLarge, SkyserveError
+from shared.errors import (
+    ImageTooLarge,
+    InvalidRequest,
+    RequestTooLarge,
+    SkyserveError,
+    UnsupportedMediaType,
+)
 from shared.schemas import BatchRow, Problem
-from shared.targets import LOCATOR_COLUMNS, row_locator
+from shared.targets import LOCATOR_COLUMNS, row_locator, target_fields
 
 __all__ = [
     "csv_rows",
@@ -38,6 +44,8 @@ __all__ = [
     "ZIP_ERRORS",
     "require_locator",
     "check_zip",
+    "id_column_of",
+    "refuse_non_text",
 ]
 
 #: What zipfile raises on a broken archive or entry (bad CRC, truncation, unknown methods).
@@ -73,6 +81,57 @@ class _RowError(SkyserveError):
 
 def _problem(detail: str) -> Problem:
     return Problem.model_validate(_RowError(detail).to_problem())
+
+
+#: Leading bytes of files people send as a catalog by mistake, and what they are.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"SIMPLE  =", "a FITS file"),
+    (b"PK\x03\x04", "a zip file"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"%PDF", "a PDF document"),
+    (b"RIFF", "a RIFF (WebP, WAV) file"),
+    (b"\xd0\xcf\x11\xe0", "an old Office document"),
+)
+
+
+def refuse_non_text(stream: IO[bytes], *, what: str = "The catalog") -> None:
+    """Refuse a catalog that is not text before it is parsed as CSV (a 415 that says
+    what the file looks like and what is expected), leaving the stream where it was.
+
+    Raises
+    ------
+    UnsupportedMediaType
+    """
+    start = stream.tell()
+    head = stream.read(4096)
+    stream.seek(start)
+    found = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if found is None and b"\x00" in head:
+        found = "a binary file"  # BMP, Parquet, UTF-16 text, executables ...
+    if found is None:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # A cut in the middle of a character at the end of the sample is fine.
+            if exc.start < len(head) - 3:
+                found = "not UTF-8 text"
+    if found is not None:
+        hint = (
+            " To send images, put them in a zip uploaded as multipart/form-data "
+            "(-F file=@images.zip)."
+            if found != "not UTF-8 text"
+            else ""
+        )
+        raise UnsupportedMediaType(
+            f"{what} looks like {found}, not a CSV. Send a CSV in UTF-8 with a header row "
+            "naming a target column (image_url, file, pgc, name, or ra and dec), a JSON "
+            f'list of rows, or a zip of images.{hint}'
+        )
 
 
 def csv_rows(stream: IO[bytes]) -> tuple[list[str], Iterator[tuple[dict[str, str], str | None]]]:
@@ -411,7 +470,7 @@ def zip_rows(
         members, max_entries=max_entries, max_file_bytes=max_file_bytes,
         max_total_bytes=max_total_bytes, max_ratio=max_ratio,
     )
-    images = {}
+    images: dict[str, zipfile.ZipInfo] = {}
     catalog = None
     for info in members:
         name = PurePosixPath(info.filename)
@@ -420,8 +479,17 @@ def zip_rows(
         elif name.suffix.lower() in _IMAGE_SUFFIXES and not name.name.startswith("."):
             if info.file_size > max_file_bytes:
                 continue  # its row fails below with the reason
-            store.put_file(batch_id, info.filename, _read_entry(archive, info))
             images[info.filename] = info
+    stored: set[str] = set()
+
+    def store_file(name: str) -> None:
+        # Unpacked (and CRC-checked) when a row first needs it, just before that row's
+        # chunk is stored and queued: workers start on the first chunk while the rest
+        # of the zip is still being unpacked.
+        if name in images and name not in stored:
+            store.put_file(batch_id, name, _read_entry(archive, images[name]))
+            stored.add(name)
+
     if catalog is not None:
         # Unpacked whole (and so CRC-checked) before parsing: a corrupt catalog is a
         # clear 422 now, not an error halfway through the rows.
@@ -435,14 +503,27 @@ def zip_rows(
                 f"The zip's catalog.csv cannot be unpacked ({exc}); the zip is corrupt."
             ) from exc
         spool.seek(0)
-        columns, rows = csv_rows(spool)
-        return columns, rows, set(images)
+        columns, catalog_rows = csv_rows(spool)
+
+        def with_files() -> Iterator[tuple[dict[str, str], str | None]]:
+            for values, problem in catalog_rows:
+                name = target_fields(values).get("file")
+                if problem is None and name:
+                    store_file(name)
+                yield values, problem
+
+        return columns, with_files(), set(images)
     if not images:
         raise InvalidRequest(
             "The zip holds no images (PNG, JPEG, GIF, TIFF, WebP, BMP, FITS) and no catalog.csv."
         )
-    rows = iter(({"id": PurePosixPath(n).stem, "file": n}, None) for n in sorted(images))
-    return ["id", "file"], rows, set(images)
+
+    def one_per_image() -> Iterator[tuple[dict[str, str], str | None]]:
+        for name in sorted(images):
+            store_file(name)
+            yield {"id": PurePosixPath(name).stem, "file": name}, None
+
+    return ["id", "file"], one_per_image(), set(images)
 
 
 def require_locator(columns: list[str]) -> None:
@@ -452,7 +533,8 @@ def require_locator(columns: list[str]) -> None:
     ------
     InvalidRequest
     """
-    if not any(c in columns for c in LOCATOR_COLUMNS):
+    named = {c.strip().lower() for c in columns}
+    if not any(c in named for c in LOCATOR_COLUMNS):
         raise InvalidRequest(
             "The catalog has no column that says what to look at. Add one of: "
             "image_url, file, pgc, name, or ra and dec.",
@@ -479,6 +561,15 @@ def check_zip(
     )
 
 
+def id_column_of(columns: list[str], id_column: str) -> str:
+    """The column that holds row ids: ``id_column`` itself, else the one that differs
+    from it only by case or blanks, else ``id_column`` (then no row has an id)."""
+    if id_column in columns:
+        return id_column
+    wanted = id_column.strip().lower()
+    return next((c for c in columns if c.strip().lower() == wanted), id_column)
+
+
 def ingest(
     rows: Iterable[tuple[dict[str, str], str | None]],
     *,
@@ -489,8 +580,13 @@ def ingest(
     chunk_rows: int,
     max_rows: int,
     zip_files: set[str] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
     """Check each row's shape and store the rows in chunks.
+
+    ``on_chunk`` is called with each chunk's index as soon as the chunk is stored
+    (the API queues it for the workers there, while the rest is still read). The id
+    column is matched like the target columns, without case (``ID`` for ``id``).
 
     Returns
     -------
@@ -502,17 +598,27 @@ def ingest(
         If the header names no target column, there are no rows, or too many.
     """
     require_locator(columns)
+    id_column = id_column_of(columns, id_column)
     chunk: list[BatchRow] = []
     count = chunks = 0
+
+    def put(batch_rows: list[BatchRow]) -> None:
+        nonlocal chunks
+        store.put_chunk(batch_id, chunks, batch_rows)
+        if on_chunk is not None:
+            on_chunk(chunks)
+        chunks += 1
+
     for values, problem in rows:
         if count >= max_rows:
             raise InvalidRequest(f"The catalog has more than {max_rows:,} rows; split it.")
         if problem is None:
-            kind = row_locator(values)
+            fields = target_fields(values)
+            kind = row_locator(fields)
             if kind is None:
                 problem = "The row names no target: fill image_url, file, pgc, name, or ra and dec."
-            elif kind == "file" and zip_files is not None and values["file"] not in zip_files:
-                problem = f"The zip holds no image named {values['file']!r} (or it was too large)."
+            elif kind == "file" and zip_files is not None and fields["file"] not in zip_files:
+                problem = f"The zip holds no image named {fields['file']!r} (or it was too large)."
         chunk.append(
             BatchRow(
                 row=count,
@@ -523,11 +629,10 @@ def ingest(
         )
         count += 1
         if len(chunk) == chunk_rows:
-            store.put_chunk(batch_id, chunks, chunk)
-            chunks, chunk = chunks + 1, []
+            put(chunk)
+            chunk = []
     if chunk:
-        store.put_chunk(batch_id, chunks, chunk)
-        chunks += 1
+        put(chunk)
     if count == 0:
         raise InvalidRequest("The catalog has a header but no rows.")
     return count, chunks

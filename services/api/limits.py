@@ -114,12 +114,22 @@ class ActiveJobs:
 
     def add(self, key_id: str, kind: str, item_id: str) -> None:
         """Count a new job or batch of this key."""
+        with self.redis.pipeline() as pipe:
+            self.add_commands(pipe, key_id, kind, item_id)
+            pipe.execute()
+
+    def add_commands(
+        self, pipe: redis.client.Pipeline, key_id: str, kind: str, item_id: str, *, undo: bool = False
+    ) -> None:
+        """Add :meth:`add`'s writes (or, with ``undo``, the removal) to ``pipe``, so a job is
+        counted in the transaction that stores it."""
         if self.limit <= 0:
             return
-        with self.redis.pipeline() as pipe:
-            pipe.sadd(self._set(key_id), f"{kind}:{item_id}")
-            pipe.expire(self._set(key_id), self.ttl)
-            pipe.execute()
+        if undo:
+            pipe.srem(self._set(key_id), f"{kind}:{item_id}")
+            return
+        pipe.sadd(self._set(key_id), f"{kind}:{item_id}")
+        pipe.expire(self._set(key_id), self.ttl)
 
 
 def _finished(raw: bytes | None) -> bool:

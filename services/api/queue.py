@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from celery import Celery
 
 from shared.errors import ServiceUnavailable
@@ -56,17 +59,42 @@ class JobQueue:
         ServiceUnavailable
             If the broker cannot be reached.
         """
+        with self.chunk_sender(batch_id) as send:
+            for index in range(chunks):
+                send(index)
+
+    @contextmanager
+    def chunk_sender(self, batch_id: str) -> Iterator[Callable[[int], None]]:
+        """A function that sends one chunk of ``batch_id`` (by index) to the workers, on
+        one broker connection held while the batch's input is read, so each chunk is
+        queued as soon as it is stored.
+
+        Raises
+        ------
+        ServiceUnavailable
+            If the broker cannot be reached (on entry or on a send).
+        """
         try:
-            with self.celery.producer_or_acquire() as producer:
-                for index in range(chunks):
-                    self.celery.send_task(
-                        PREDICT_CHUNK_TASK,
-                        kwargs=ChunkMessage(batch_id=batch_id, chunk=index).model_dump(),
-                        queue=self.queue,
-                        producer=producer,
-                    )
+            context = self.celery.producer_or_acquire()
+            producer = context.__enter__()
         except Exception as exc:  # kombu raises several transport-specific types
             raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
+
+        def send(index: int) -> None:
+            try:
+                self.celery.send_task(
+                    PREDICT_CHUNK_TASK,
+                    kwargs=ChunkMessage(batch_id=batch_id, chunk=index).model_dump(),
+                    queue=self.queue,
+                    producer=producer,
+                )
+            except Exception as exc:  # kombu raises several transport-specific types
+                raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
+
+        try:
+            yield send
+        finally:
+            context.__exit__(None, None, None)
 
     def close(self) -> None:
         """Release broker connections."""

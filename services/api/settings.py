@@ -24,7 +24,10 @@ class ApiSettings(SkyserveSettings):
         default=30.0, ge=0, description="Longest ?wait= a client may ask GET /v1/jobs/{id} to block."
     )
     poll_interval_seconds: float = Field(
-        default=0.05, gt=0, description="How often a waiting GET re-reads the job record."
+        default=0.5, gt=0,
+        description="How often a waiting GET re-reads the job record when no notice of the "
+        "job's end has woken it (the worker publishes one, which wakes it at once; this "
+        "re-read only covers a notice that was missed).",
     )
     batch_chunk_rows: int = Field(
         default=128, gt=0, le=10_000,

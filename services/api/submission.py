@@ -6,6 +6,8 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 
+import redis
+
 from services.api.metrics import JOBS_SUBMITTED
 from services.api.queue import JobQueue
 from shared.errors import InvalidRequest, ServiceUnavailable, UnknownTask
@@ -26,6 +28,9 @@ __all__ = [
     "submit_target",
 ]
 
+
+#: Adds a caller's bookkeeping for a new job id (or, with undo, its removal) to a pipeline.
+Claim = Callable[[redis.client.Pipeline, str, bool], None]
 
 _TASK_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
 # ASCII digits only: str.isdigit() also accepts '²', which int() then refuses.
@@ -142,12 +147,14 @@ def submit_image(
     pins: dict[str, int],
     max_pixels: int,
     idempotency_key: str | None,
-    claim: Callable[[str], None] | None = None,
+    claim: Claim | None = None,
 ) -> tuple[Job, bool]:
     """Validate an upload, store it with a new job record and enqueue it.
 
-    ``claim`` is called with the new job's id before the record exists (the API
-    records the caller as its owner there, so nobody else ever sees it).
+    ``claim(pipe, job_id, undo)`` adds the caller's bookkeeping for the new job (its
+    owner, its key's count of unfinished jobs) to the transaction that stores the
+    record, so nobody ever sees the record without its owner; with ``undo`` it adds
+    the removal, for a job that is not kept (an earlier one had the Idempotency-Key).
 
     Returns
     -------
@@ -186,7 +193,7 @@ def submit_target(
     tasks: list[str],
     pins: dict[str, int],
     idempotency_key: str | None,
-    claim: Callable[[str], None] | None = None,
+    claim: Claim | None = None,
 ) -> tuple[Job, bool]:
     """Resolve a catalogued object or position (404 with suggestions if unknown) and enqueue it.
 
@@ -206,13 +213,13 @@ def _store_and_enqueue(
     job: Job,
     payload: bytes | None,
     idempotency_key: str | None,
-    claim: Callable[[str], None] | None,
+    claim: Claim | None,
     *,
     same: Callable[[Job], bool],
 ) -> tuple[Job, bool]:
-    if claim is not None:
-        claim(job.id)
-    stored = store.create(job, payload, idempotency_key=idempotency_key)
+    # Record, payload, Idempotency-Key, owner and count: one transaction, one round trip.
+    also = (lambda pipe, undo: claim(pipe, job.id, undo)) if claim is not None else None
+    stored = store.create(job, payload, idempotency_key=idempotency_key, also=also)
     if stored.id != job.id:
         if stored.input.kind != job.input.kind or not same(stored):
             raise InvalidRequest(

@@ -5,7 +5,11 @@ Only configuration lives here. The task module (``services.worker.tasks``) is
 imported by the worker through ``include`` and reads the settings the app carries.
 """
 
+# ruff: noqa: I001  (services.worker.metrics must be imported first)
 from __future__ import annotations
+
+# First: it chooses prometheus_client's multi-process store before anything imports it.
+from services.worker import metrics as _metrics  # noqa: F401  (worker /metrics)
 
 from celery import Celery
 

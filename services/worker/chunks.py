@@ -25,7 +25,7 @@ from services.worker.sessions import LoadedModel
 from shared.errors import InvalidRequest, SkyserveError
 from shared.resolver import Resolver, get_resolver
 from shared.schemas import Batch, BatchRow, BatchRowResult, Problem, TaskResult
-from shared.targets import resolve_target, row_locator
+from shared.targets import resolve_target, row_locator, target_fields
 
 __all__ = ["answer_rows", "count_attempt", "failed_rows"]
 
@@ -84,11 +84,12 @@ def _fetch(
     resolved: dict[str, Any] | None = None
     data: bytes | np.ndarray
     try:
-        kind = row_locator(row.input)
+        fields = target_fields(row.input)  # column names without case (RA, Name, FILE)
+        kind = row_locator(fields)
         if kind == "url":
-            data = runtime.images.image_url(row.input.get("image_url") or row.input["url"])
+            data = runtime.images.image_url(fields.get("image_url") or fields["url"])
         elif kind == "file":
-            name = row.input["file"]
+            name = fields["file"]
             found = runtime.batches.file(batch_id, name)
             if found is None:
                 raise InvalidRequest(f"The batch's zip holds no image named {name!r}.")

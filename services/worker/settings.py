@@ -29,6 +29,8 @@ Variables (type, default):
 - ``SKYSERVE_LEASE_SECONDS`` (float, 60)
 - ``SKYSERVE_LEASE_RENEW_SECONDS`` (float, 10)
 - ``SKYSERVE_SWEEP_INTERVAL_SECONDS`` (float, 20)
+- ``SKYSERVE_WORKER_METRICS_PORT`` (int, 0 = off): ``/metrics`` of the worker and all its
+  processes (see :mod:`services.worker.metrics`)
 - ``SKYSERVE_CUTOUT_PROVIDER`` (sdss | legacy | http | local | none, ``sdss``),
   ``SKYSERVE_CUTOUT_URL_TEMPLATE``, ``SKYSERVE_CUTOUT_ALLOWED_HOSTS``,
   ``SKYSERVE_CUTOUT_TIMEOUT_SECONDS`` (10), ``SKYSERVE_CUTOUT_RETRIES`` (2),
@@ -242,6 +244,14 @@ class WorkerSettings(SkyserveSettings):
         gt=0,
         description="How often (across all workers) expired leases are looked for and their "
         "work re-enqueued.",
+    )
+
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port on which the worker's main process serves Prometheus /metrics for "
+        "itself and all its pool processes (multiprocess mode); 0 serves none.",
     )
 
     @model_validator(mode="after")

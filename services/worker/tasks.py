@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 from typing import Any
 
 import redis
@@ -33,6 +34,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from services.worker.answers import Stopwatch, load_models, prepare
 from services.worker.chunks import answer_rows, count_attempt, failed_rows
+from services.worker.metrics import observe_chunk, observe_job
 from services.worker.orientation import encode_png
 from services.worker.runtime import WorkerRuntime, get_runtime, stop_runtime
 from services.worker.settings import WorkerSettings, get_settings
@@ -136,7 +138,10 @@ def _run_job(runtime: WorkerRuntime, job_id: str) -> str:
         except Exception as exc:
             logger.exception("Job %s hit an unexpected error.", job_id)
             return store.fail(job_id, _internal_problem(exc, settings)).status.value
-        return store.succeed(job_id, result).status.value
+        writing = time.perf_counter()
+        final = store.succeed(job_id, result)
+        observe_job(result.tasks, result.timings_ms, write_s=time.perf_counter() - writing)
+        return final.status.value
     except JobNotFound:
         logger.warning("Job %s no longer exists (expired or deleted); nothing to do.", job_id)
         return "missing"
@@ -335,6 +340,8 @@ def _run_chunk(runtime: WorkerRuntime, batch: Batch, chunk: int, where: str) -> 
             logger.exception("%s hit an unexpected error.", where)
             results = failed_rows(rows, _internal_problem(exc, settings))
     recorded = batches.record_chunk(batch.id, chunk, results)
+    if recorded:
+        observe_chunk(batch.tasks, sum(r.status == "succeeded" for r in results))
     return "recorded" if recorded else "duplicate"
 
 

@@ -138,3 +138,105 @@ def test_cancel_and_idempotency(client: TestClient, settings: ApiSettings) -> No
     cancelled = client.delete(f"/v1/batches/{first.json()['id']}")
     assert cancelled.json()["status"] == "cancelled"
     assert client.get("/v1/batches/" + "f" * 32).status_code == 404
+
+
+def test_each_chunk_is_queued_as_soon_as_it_and_its_images_are_stored(
+    settings: ApiSettings,
+) -> None:
+    # The ingest step the route runs, on a real zip and a real Redis: when chunk k is
+    # handed to the queue, its rows and every image they name are in Redis already and
+    # the chunks after it are not stored yet (workers start while the zip is unpacked).
+    from services.api.batch_ingest import ingest, open_zip, zip_rows
+
+    store = _store(settings)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k in range(5):
+            zf.writestr(f"g{k}.png", png_bytes(16, seed=k))
+    batch_id = "a" * 32
+    columns, rows, names = zip_rows(
+        open_zip(io.BytesIO(buf.getvalue())), store=store, batch_id=batch_id,
+        max_file_bytes=10**6, max_total_bytes=10**7,
+    )
+    seen: list[int] = []
+
+    def queued(index: int) -> None:
+        for row in store.chunk(batch_id, index):
+            assert store.file(batch_id, row.input["file"]) is not None
+        assert not store.redis.exists(store.key(batch_id, "chunk", index + 1))
+        assert store.file(batch_id, f"g{2 * index + 2}.png") is None  # next chunk's image: not yet
+        seen.append(index)
+
+    count, chunks = ingest(
+        rows, store=store, batch_id=batch_id, columns=columns, id_column="id",
+        chunk_rows=2, max_rows=100, zip_files=names, on_chunk=queued,
+    )
+    assert (count, chunks, seen) == (5, 3, [0, 1, 2])
+    store.discard(batch_id)
+
+
+def test_column_names_are_matched_without_case(client: TestClient, settings: ApiSettings) -> None:
+    csv_text = "ID,Name,RA,DEC,PGC,Note\na,M33,,,,x\nb,,10.5,41.2,,y\nc,,,,2557,z\nd,,,,,w\n"
+    resp = client.post("/v1/batches", content=csv_text, headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 202, resp.text
+    batch = resp.json()
+    assert batch["columns"] == ["ID", "Name", "RA", "DEC", "PGC", "Note"]  # kept as sent
+    assert batch["id_column"] == "ID"
+    rows = {r.id: r for r in _store(settings).chunk(batch["id"], 0)}
+    assert set(rows) == {"a", "b", "c", "d"}
+    assert rows["a"].error is None and rows["b"].error is None and rows["c"].error is None
+    assert "names no target" in rows["d"].error.detail
+    only_upper = client.post(
+        "/v1/batches", content="Image_URL\nhttp://x/y.png\n", headers={"Content-Type": "text/csv"}
+    )
+    assert only_upper.status_code == 202, only_upper.text
+
+
+def test_a_file_that_is_not_a_csv_is_refused_saying_what_was_expected(
+    client: TestClient, settings: ApiSettings
+) -> None:
+    image = png_bytes(32)
+    for kwargs in (
+        {"files": {"file": ("galaxy.png", image, "image/png")}},
+        {"files": {"file": ("catalog.csv", image, "text/csv")}},
+        {"content": image, "headers": {"Content-Type": "text/csv"}},
+        {"content": "id,name\n1,M33\n".encode("utf-16"), "headers": {"Content-Type": "text/csv"}},
+    ):
+        resp = client.post("/v1/batches", **kwargs)
+        assert resp.status_code == 415, (kwargs, resp.text)
+        assert resp.headers["content-type"] == PROBLEM
+        detail = resp.json()["detail"]
+        assert "not a CSV" in detail and "header row" in detail, detail
+    assert "PNG image" in client.post(
+        "/v1/batches", files={"file": ("galaxy.png", image, "image/png")}
+    ).json()["detail"]
+    # A zip under another name is read as the zip it is.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.png", png_bytes(16))
+    as_zip = client.post("/v1/batches", files={"file": ("upload.bin", buf.getvalue(), "application/octet-stream")})
+    assert as_zip.status_code == 202, as_zip.text
+    assert _queued(settings) == 1
+
+
+def test_a_batch_refused_part_way_leaves_nothing_though_chunks_were_queued(
+    settings: ApiSettings,
+) -> None:
+    from fastapi.testclient import TestClient as Client
+
+    from services.api.app import create_app
+
+    small = settings.model_copy(update={"batch_chunk_rows": 2, "max_batch_rows": 5})
+    rows = "id,pgc\n" + "".join(f"g{k},{1000 + k}\n" for k in range(8))
+    with Client(create_app(small), raise_server_exceptions=False) as client:
+        key = {"Idempotency-Key": "part-way"}
+        resp = client.post("/v1/batches", content=rows, headers={"Content-Type": "text/csv", **key})
+        assert resp.status_code == 422 and "more than 5 rows" in resp.json()["detail"]
+        # Two chunks went to the queue while the catalog was read; the batch they name is
+        # gone, so a worker drops them (tests/shared/test_batchstore.py), and nothing stays.
+        assert _queued(settings) == 2
+        assert list(redis.Redis.from_url(settings.redis_url).scan_iter(match=f"{settings.key_prefix}:*")) == []
+        fixed = client.post(
+            "/v1/batches", content="id,pgc\ng1,2557\n", headers={"Content-Type": "text/csv", **key}
+        )
+        assert fixed.status_code == 202  # the key was not used up

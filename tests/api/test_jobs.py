@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import redis
 from fastapi.testclient import TestClient
 
@@ -123,3 +125,76 @@ def test_json_body_without_target_is_refused_clearly(client: TestClient) -> None
     resp = client.post("/v1/jobs", json={"tasks": ["inclination"]})
     assert resp.status_code in (415, 422)
     assert resp.headers["content-type"] == PROBLEM
+
+
+def _end_later(settings: ApiSettings, job_id: str, after_s: float) -> threading.Thread:
+    """A stand-in for the worker: starts and answers the job from another thread."""
+    import time
+
+    from shared.schemas import JobResult
+
+    def run() -> None:
+        time.sleep(after_s)
+        store = JobStore(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix, ttl_seconds=60)
+        store.start(job_id)
+        store.succeed(job_id, JobResult(tasks={}, models={"inclination": 1}))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _wakeups(by: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("skyserve_wait_wakeups_total", {"by": by}) or 0.0
+
+
+def test_a_waiting_get_is_woken_by_the_jobs_end_notice(settings: ApiSettings) -> None:
+    from services.api.app import create_app
+
+    # A fallback re-read far beyond the wait: only the notice can wake the request early.
+    slow = settings.model_copy(update={"poll_interval_seconds": 60.0, "max_wait_seconds": 10.0})
+    with TestClient(create_app(slow), raise_server_exceptions=False) as client:
+        job = _submit(client, png_bytes(40)).json()
+        client.portal.call(client.app.state.waiter.listening.wait)  # subscribed
+        before = (_wakeups("notice"), _wakeups("timer"))
+        worker = _end_later(settings, job["id"], 0.3)
+        resp = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10})
+        worker.join()
+        assert resp.status_code == 200 and resp.json()["status"] == "succeeded"
+        assert "retry-after" not in resp.headers
+        assert _wakeups("notice") == before[0] + 1 and _wakeups("timer") == before[1]
+        assert client.app.state.waiter.waiting() == 0
+
+
+def test_a_missed_notice_is_covered_by_the_fallback_re_read(settings: ApiSettings) -> None:
+    from services.api.app import create_app
+
+    quick = settings.model_copy(update={"poll_interval_seconds": 0.1, "max_wait_seconds": 10.0})
+    with TestClient(create_app(quick), raise_server_exceptions=False) as client:
+        # No listener at all: as if every notice were lost.
+        client.portal.call(client.app.state.waiter._task.cancel)
+        job = _submit(client, png_bytes(40)).json()
+        before = _wakeups("timer")
+        worker = _end_later(settings, job["id"], 0.3)
+        resp = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10})
+        worker.join()
+        assert resp.json()["status"] == "succeeded"
+        assert _wakeups("timer") > before
+
+
+def test_the_status_read_from_a_records_opening_is_the_records_status() -> None:
+    from services.api.waiting import status_of
+    from shared.jobstore import new_job_id
+    from shared.schemas import ImageInput, Job, JobStatus
+
+    for status in JobStatus:
+        job = Job(
+            id=new_job_id(), status=status, tasks=["inclination"],
+            input=ImageInput(size_bytes=3, sha256="x", format="PNG", width=1, height=1),
+        )
+        assert status_of(job.model_dump_json().encode()) == status
+    odd = b'{"status":"running","id":"' + b"a" * 32 + b'","tasks":["x"],"input":{"kind":"image",' \
+          b'"size_bytes":1,"sha256":"x","format":"PNG","width":1,"height":1}}'
+    assert status_of(odd) == JobStatus.RUNNING  # another field order: parsed instead

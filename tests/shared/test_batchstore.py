@@ -103,3 +103,41 @@ def test_an_idempotency_key_names_one_stored_batch(client: redis.Redis, key_pref
 
     store.forget_idempotency_key("k", first.id)
     assert store.claim_idempotency_key("k", second.id) is None
+
+
+@pytest.mark.parametrize("recorded_before_seal", [0, 1, 2])
+def test_a_batch_read_while_it_runs_finishes_exactly_once(
+    client: redis.Redis, key_prefix: str, recorded_before_seal: int
+) -> None:
+    # Chunks are queued (and may be recorded) before the API knows how many there are:
+    # the batch finishes when the last chunk is recorded *and* it is sealed, whichever
+    # comes second, and never before.
+    from shared.schemas import JobStatus
+
+    store = BatchStore(client, prefix=key_prefix, ttl_seconds=60)
+    batch = store.open(Batch(id=new_job_id(), tasks=["inclination"], columns=[], chunk_rows=2))
+    for index in range(2):
+        store.put_chunk(batch.id, index, rows(2 * index, 2))
+    for index in range(recorded_before_seal):
+        assert store.record_chunk(batch.id, index, results(store.chunk(batch.id, index)))
+        assert store.get(batch.id).status == JobStatus.RUNNING  # never finished unsealed
+    sealed = store.seal(batch.id, columns=["file"], id_column="id", rows=4, chunks=2)
+    assert sealed.chunks == 2 and sealed.progress.total == 4 and sealed.columns == ["file"]
+    assert sealed.status == (JobStatus.SUCCEEDED if recorded_before_seal == 2 else JobStatus.RUNNING
+                             if recorded_before_seal else JobStatus.QUEUED)
+    for index in range(recorded_before_seal, 2):
+        assert store.record_chunk(batch.id, index, results(store.chunk(batch.id, index)))
+    done = store.get(batch.id)
+    assert done.status == JobStatus.SUCCEEDED and done.progress.done == 4
+
+
+def test_a_chunk_recorded_after_its_batch_was_discarded_leaves_nothing(
+    client: redis.Redis, key_prefix: str
+) -> None:
+    store = BatchStore(client, prefix=key_prefix, ttl_seconds=60)
+    batch = store.open(Batch(id=new_job_id(), tasks=["inclination"], columns=[], chunk_rows=2))
+    store.put_chunk(batch.id, 0, rows(0, 2))
+    chunk = store.chunk(batch.id, 0)
+    store.discard(batch.id)  # the API refused the rest of the catalog
+    assert store.record_chunk(batch.id, 0, results(chunk)) is False
+    assert keys(store, batch.id) == set()

@@ -125,3 +125,50 @@ def test_a_key_naming_an_expired_job_is_taken_over(store: JobStore) -> None:
     first = store.create(_job(), b"a", idempotency_key="k3")
     store.redis.delete(store.job_key(first.id))
     assert store.create(_job(), b"a", idempotency_key="k3").id != first.id
+
+
+def test_the_one_step_start_writes_what_the_transaction_would(store: JobStore) -> None:
+    # A target job (floats, a nested query) and an upload; each started by the Lua
+    # script and, for comparison, by the WATCH/MULTI path it replaces.
+    from shared.schemas import TargetInput
+
+    target = TargetInput(
+        query={"ra": 10.684708333333333, "dec": 41.26875},
+        ra_deg=10.684708333333333,
+        dec_deg=41.26875,
+        fov_arcmin=2.0,
+        pa_deg=None,
+    )
+    for made in (_job(), Job(id=new_job_id(), tasks=["inclination", "morphology"], input=target)):
+        job = store.create(made, None)
+        twin = store.create(job.model_copy(update={"id": new_job_id()}), None)
+        first = store.start(job.id)
+        by_transaction = store._start_by_transaction(twin.id)
+        assert first.status == JobStatus.RUNNING and first.attempts == 1
+        assert first.started_at is not None
+        assert first.model_dump(exclude={"id", "started_at"}) == by_transaction.model_dump(
+            exclude={"id", "started_at"}
+        )
+        # Stored as Job JSON that reads back to the same record.
+        assert store.get(job.id) == first
+        again = store.start(job.id)  # a redelivery that finds it running counts an attempt
+        assert again.attempts == 2 and again.started_at == first.started_at
+    with pytest.raises(JobNotFound):
+        store.start(new_job_id())
+
+
+def test_a_job_that_ends_is_announced_on_its_channel(store: JobStore) -> None:
+    job = store.create(_job(), b"abc")
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.done_channel(job.id))
+    try:
+        store.start(job.id)
+        store.succeed(job.id, JobResult(tasks={}, models={"inclination": 1}))
+        message = None
+        for _ in range(50):
+            message = pubsub.get_message(timeout=0.1)
+            if message:
+                break
+        assert message is not None and message["data"] == b"succeeded"
+    finally:
+        pubsub.close()

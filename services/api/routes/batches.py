@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable
 from typing import IO, Annotated, Any
 
 import anyio
@@ -15,15 +17,17 @@ from services.api.auth import ReadCaller, SubmitCaller, check_owner, claim
 from services.api.batch_ingest import (
     check_zip,
     csv_rows,
+    id_column_of,
     ingest,
     json_source,
     open_zip,
+    refuse_non_text,
     require_locator,
     zip_rows,
 )
 from services.api.batch_results import csv_lines, json_chunks, table_file
 from services.api.deps import BatchStoreDep, QueueDep, RegistryDep, SettingsDep
-from services.api.metrics import JOBS_SUBMITTED
+from services.api.metrics import JOBS_CANCELLED, JOBS_SUBMITTED
 from services.api.problems import problem_responses
 from services.api.settings import ApiSettings
 from services.api.submission import check_versions, parse_task_list, parse_versions, resolve_tasks
@@ -134,7 +138,14 @@ async def _spool(request: Request, limit: int) -> IO[bytes]:
 
 
 def _ingest_source(
-    kind: str, source: Any, *, settings: ApiSettings, store: BatchStore, batch_id: str, id_column: str
+    kind: str,
+    source: Any,
+    *,
+    settings: ApiSettings,
+    store: BatchStore,
+    batch_id: str,
+    id_column: str,
+    on_chunk: Callable[[int], None],
 ) -> tuple[list[str], int, int]:
     zip_files = None
     if kind == "zip":
@@ -158,6 +169,7 @@ def _ingest_source(
         chunk_rows=settings.batch_chunk_rows,
         max_rows=settings.max_batch_rows,
         zip_files=zip_files,
+        on_chunk=on_chunk,
     )
     return columns, count, chunks
 
@@ -173,9 +185,25 @@ def _precheck(kind: str, source: Any, settings: ApiSettings) -> Any:
             max_ratio=settings.max_zip_ratio,
         )
         return archive
+    if kind == "csv":
+        refuse_non_text(source)
     columns, rows = csv_rows(source) if kind == "csv" else source
     require_locator(columns)
     return columns, rows
+
+
+def _await_sealed(store: BatchStore, batch_id: str, timeout_s: float) -> Batch | None:
+    """The earlier batch of an Idempotency-Key once its input is all stored, or None if it
+    was refused (deleted) meanwhile. Waits in a thread: only concurrent duplicates get here."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sealed = store.sealed(batch_id)
+        if sealed is None:
+            return None
+        if sealed:
+            return store.get(batch_id)
+        time.sleep(0.05)
+    raise ServiceUnavailable("The same batch is still being read from an earlier request; try again.")
 
 
 @router.post(
@@ -234,7 +262,13 @@ async def submit_batch(
         if isinstance(form.get("id_column"), str) and form.get("id_column"):
             id_column = str(form.get("id_column"))
         name = (upload.filename or "").lower()
-        if name.endswith(".zip") or upload.content_type in ("application/zip", "application/x-zip-compressed"):
+        head = upload.file.read(4)
+        upload.file.seek(0)
+        if (
+            name.endswith(".zip")
+            or upload.content_type in ("application/zip", "application/x-zip-compressed")
+            or head == b"PK\x03\x04"  # a zip under another name
+        ):
             kind, source = "zip", upload.file
         elif name.endswith(".json") or upload.content_type == "application/json":
             # Only the rows: tasks, versions and id_column come from the form fields.
@@ -254,44 +288,61 @@ async def submit_batch(
 
     def create() -> tuple[Batch, bool]:
         resolved = resolve_tasks(registry, task_list, pins)
-        batch_id = new_job_id()
-        try:
-            columns, count, chunks = _ingest_source(
-                kind, source, settings=settings, store=store, batch_id=batch_id, id_column=id_column
+        while True:
+            batch_id = new_job_id()
+            # The record exists before its first chunk is queued (a worker that finds no
+            # record drops the chunk); rows, chunks and columns are sealed at the end.
+            store.open(
+                Batch(
+                    id=batch_id,
+                    tasks=resolved,
+                    versions=pins,
+                    id_column=id_column,
+                    columns=[],
+                    chunk_rows=settings.batch_chunk_rows,
+                    source={"format": kind, "content_type": ctype},
+                )
             )
-            batch = Batch(
-                id=batch_id,
-                tasks=resolved,
-                versions=pins,
-                id_column=id_column,
-                columns=columns,
-                chunks=chunks,
-                chunk_rows=settings.batch_chunk_rows,
-                source={"format": kind, "content_type": ctype},
-            )
-            batch.progress.total = count
-            store.create(batch)
-            # The key is claimed only once the batch is stored: a refused request leaves
-            # it free for the corrected retry, and of two identical requests at once the
-            # first to get here wins while the other returns its batch.
-            if idempotency_key:
+            if not idempotency_key:
+                break
+            # Claimed before anything is queued, so of two identical requests at once only
+            # one batch ever runs; the other waits for it to be accepted and returns it.
+            try:
                 earlier = store.claim_idempotency_key(idempotency_key, batch_id)
-                if earlier is not None:
-                    store.discard(batch_id)
-                    return earlier, False
-            claim(request, caller, "batch", batch_id, settings.job_ttl_seconds)
-        except BaseException:
-            store.discard(batch_id)  # nothing of a refused batch stays in Redis
-            raise
+            except BaseException:
+                store.discard(batch_id)
+                raise
+            if earlier is None:
+                break
+            store.discard(batch_id)
+            accepted = _await_sealed(store, earlier.id, settings.request_timeout_seconds)
+            if accepted is not None:
+                return accepted, False
+            # The earlier request was refused (nothing of it stays): try as the first.
         try:
-            queue.enqueue_chunks(batch_id, chunks)
-        except ServiceUnavailable:
+            claim(request, caller, "batch", batch_id, settings.job_ttl_seconds)
+            with queue.chunk_sender(batch_id) as send:
+                columns, count, chunks = _ingest_source(
+                    kind, source, settings=settings, store=store, batch_id=batch_id,
+                    id_column=id_column, on_chunk=send,
+                )
+            batch = store.seal(
+                batch_id,
+                columns=columns,
+                id_column=id_column_of(columns, id_column),
+                rows=count,
+                chunks=chunks,
+            )
+        except BaseException:
+            # Refused (a row too many, too large, a corrupt zip entry, the queue away):
+            # nothing of it stays in Redis, chunks already queued find no batch and are
+            # dropped, and the Idempotency-Key is free for the corrected retry.
             if idempotency_key:
                 store.forget_idempotency_key(idempotency_key, batch_id)
-            store.cancel(batch_id)
+            store.discard(batch_id)
             raise
         JOBS_SUBMITTED.labels(kind="batch").inc()
-        return store.get(batch_id), True
+        return batch, True
 
     batch, created = await anyio.to_thread.run_sync(create)
     if created and caller.key is not None:
@@ -371,4 +422,6 @@ async def cancel_batch(
     batch_id: BATCH_ID, request: Request, store: BatchStoreDep, caller: SubmitCaller
 ) -> Batch:
     await anyio.to_thread.run_sync(check_owner, request, caller, "batch", batch_id)
-    return await anyio.to_thread.run_sync(store.cancel, batch_id)
+    batch = await anyio.to_thread.run_sync(store.cancel, batch_id)
+    JOBS_CANCELLED.labels(kind="batch").inc()
+    return batch

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import anyio
+import redis
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from pydantic import (
     BaseModel,
@@ -17,8 +17,9 @@ from pydantic import (
 )
 from starlette.datastructures import UploadFile
 
-from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, claim
-from services.api.deps import QueueDep, RegistryDep, SettingsDep, StoreDep
+from services.api.auth import Caller, ReadCaller, SubmitCaller, check_owner, owner_commands
+from services.api.deps import QueueDep, ReaderDep, RegistryDep, SettingsDep, StoreDep, WaiterDep
+from services.api.metrics import JOBS_CANCELLED
 from services.api.problems import problem_responses
 from services.api.submission import (
     check_versions,
@@ -145,7 +146,6 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | N
 )
 async def submit_job(
     request: Request,
-    response: Response,
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
@@ -157,8 +157,13 @@ async def submit_job(
         await anyio.to_thread.run_sync(request.app.state.active_jobs.check, caller.key.id)
     idempotency_key = caller.idempotency_scope(idempotency_key)
 
-    def owned(job_id: str) -> None:
-        claim(request, caller, "job", job_id, settings.job_ttl_seconds)
+    active = request.app.state.active_jobs
+
+    def owned(pipe: redis.client.Pipeline, job_id: str, undo: bool) -> None:
+        # Stored with the job, in its transaction: owner, and the key's unfinished count.
+        owner_commands(pipe, request, caller, "job", job_id, settings.job_ttl_seconds, undo=undo)
+        if caller.key is not None:
+            active.add_commands(pipe, caller.key.id, "job", job_id, undo=undo)
 
     if request.headers.get("content-type", "").startswith("application/json"):
         job, created = await _submit_target_json(request, store, queue, registry, idempotency_key, owned)
@@ -166,12 +171,13 @@ async def submit_job(
         job, created = await _submit_upload(
             request, settings, store, queue, registry, idempotency_key, owned
         )
-    if created and caller.key is not None:
-        await anyio.to_thread.run_sync(request.app.state.active_jobs.add, caller.key.id, "job", job.id)
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return job
+    # The record as JSON once, not validated again and re-encoded by FastAPI.
+    return Response(
+        job.model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        media_type="application/json",
+        headers={"Location": str(request.url_for("get_job", job_id=job.id).path)},
+    )
 
 
 async def _submit_target_json(request, store, queue, registry, idempotency_key, owned):  # type: ignore[no-untyped-def]
@@ -243,6 +249,8 @@ async def _submit_upload(request, settings, store, queue, registry, idempotency_
 
 
 async def _check_owner(request: Request, caller: Caller, job_id: str) -> None:
+    if caller.admin:
+        return  # sees every job: no need for a thread to look up the owner
     await anyio.to_thread.run_sync(check_owner, request, caller, "job", job_id)
 
 
@@ -256,9 +264,9 @@ async def _check_owner(request: Request, caller: Caller, job_id: str) -> None:
 async def get_job(
     job_id: JOB_ID,
     request: Request,
-    response: Response,
     settings: SettingsDep,
-    store: StoreDep,
+    reader: ReaderDep,
+    waiter: WaiterDep,
     caller: ReadCaller,
     wait: Annotated[
         float,
@@ -267,14 +275,15 @@ async def get_job(
     ] = 0.0,
 ) -> Job:
     await _check_owner(request, caller, job_id)
-    deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
-    job = await anyio.to_thread.run_sync(store.get, job_id)
-    while job.status not in TERMINAL_STATUSES and time.monotonic() < deadline:
-        await anyio.sleep(settings.poll_interval_seconds)
-        job = await anyio.to_thread.run_sync(store.get, job_id)
-    if job.status not in TERMINAL_STATUSES:
-        response.headers["Retry-After"] = "1"
-    return job
+    timeout = min(wait, settings.max_wait_seconds)
+    # Woken by the job's end (pub/sub), not by polling: see services/api/waiting.py.
+    raw, status_now = await (
+        waiter.wait(job_id, reader.get_raw, timeout) if timeout > 0 else reader.get_raw(job_id)
+    )
+    # The stored record is the Job's JSON already: sent as it is, not parsed, validated
+    # again and re-encoded (a result with every member's answer is the largest reply).
+    headers = {} if status_now in TERMINAL_STATUSES else {"Retry-After": "1"}
+    return Response(raw, media_type="application/json", headers=headers)
 
 
 @router.delete(
@@ -288,7 +297,9 @@ async def get_job(
 )
 async def cancel_job(job_id: JOB_ID, request: Request, store: StoreDep, caller: SubmitCaller) -> Job:
     await _check_owner(request, caller, job_id)
-    return await anyio.to_thread.run_sync(store.cancel, job_id)
+    job = await anyio.to_thread.run_sync(store.cancel, job_id)
+    JOBS_CANCELLED.labels(kind="job").inc()
+    return job
 
 
 @router.get(
