@@ -54,8 +54,10 @@ models: install-test ## Rebuild the committed default models (see docs/training.
 	$(VENV)/bin/skyserve-train rejection --models-dir models
 
 bench: install-test ## Run the benchmarks (figures printed, baselines in the same run)
+	$(PY) bench/limit.py
 	$(PY) bench/preprocess.py
 	$(PY) bench/inference.py
+	$(PY) bench/peer.py
 	$(PY) bench/batch_throughput.py
 	$(PY) bench/latency.py
 	$(PY) bench/catalog.py

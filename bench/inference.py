@@ -3,9 +3,13 @@
 Prints, in one run on this machine, for the tasks named by ``--tasks`` (default
 inclination; ``all`` asks every served task in each job, as one upload can):
 
-1. the baseline — the default ensembles run in-process (preprocess + every member ×
-   every test-time transform × every MC-dropout sample + summary, for every task),
-   batch 1 and batch 32, no queue, no HTTP;
+1. the baseline — the best the same hardware does without the system: the default
+   ensembles run in-process through the worker's own path (preprocess + the fused
+   ensemble: every member × test-time transform × MC-dropout sample + summary, for
+   every task), no queue, no HTTP; once in one process with every core as ONNX
+   Runtime threads, once in one process per core (``--workers`` of them, one
+   intra-op thread each, as the system's worker processes run); batch 1 and 32.
+   The ratios are to the best of these;
 2. the system — the same images uploaded one job each through the API (uvicorn),
    Redis and W Celery worker processes, C clients at once, timed end to end;
 3. optionally (``--keras``, needs the trainer extra) IncliNET's serving style:
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -33,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.local_stack import free_port, start_redis, start_worker, stop  # noqa: E402
-from services.worker.answers import answer, prepare  # noqa: E402
+from services.worker.answers import answer, load_models, prepare  # noqa: E402
 from services.worker.sessions import SessionCache  # noqa: E402
 from services.worker.settings import WorkerSettings  # noqa: E402
 from shared.preprocessing import preprocess  # noqa: E402
@@ -56,30 +61,78 @@ def sample_pngs(n: int) -> list[bytes]:
         return [png_bytes(128, axis_ratio=0.3 + 0.6 * (i % 10) / 10, seed=i) for i in range(n)]
 
 
-def baseline(pngs: list[bytes], models: Path, tasks: list[str]) -> dict[str, float]:
-    settings = WorkerSettings(models_dir=models, intra_op_threads=0)
-    cache = SessionCache(
-        RegistryReader(models), providers=settings.available_providers(), intra_op_threads=0
-    )
-    models = {name: cache.get(name) for name in tasks}
-    definitions = {name: get_task_definition(name) for name in tasks}
+def _engine(models: Path, tasks: list[str], threads: int, processes: int):  # type: ignore[no-untyped-def]
+    """The worker's answer path for ``tasks`` with ONNX Runtime set up as the worker would be."""
+    settings = WorkerSettings(models_dir=models, intra_op_threads=threads,
+                              worker_processes=processes)
+    cache = SessionCache(RegistryReader(models), providers=["CPUExecutionProvider"],
+                         intra_op_threads=settings.threads_per_process(),
+                         spinning=settings.spinning())
+    # What a job loads: the requested tasks plus the evidence passes their applicability
+    # rules read (services.worker.answers.load_models), so the baseline does a job's work.
+    runtime = SimpleNamespace(sessions=cache, registry=RegistryReader(models))
+    loaded = load_models(runtime, tasks, {})  # type: ignore[arg-type]
+    definitions = cache.task_definitions
 
     def answer_all(datas: list[bytes]) -> None:
         # The worker's own path: one decode per input spec, one ensemble run per task.
-        images = [prepare(d, models, max_pixels=settings.max_image_pixels) for d in datas]
-        answer(definitions, models, images, max_batch_size=64)
+        images = [prepare(d, loaded, max_pixels=settings.max_image_pixels) for d in datas]
+        answer(definitions, loaded, images, max_batch_size=settings.max_batch_size)
 
+    return loaded, answer_all
+
+
+def _timed(answer_all, pngs: list[bytes], batch: int) -> float:  # type: ignore[no-untyped-def]
+    answer_all(pngs[:batch])  # warm up
+    start = time.perf_counter()
+    for i in range(0, len(pngs), batch):
+        answer_all(pngs[i : i + batch])
+    return time.perf_counter() - start
+
+
+def _child(models: Path, tasks: list[str], pngs: list[bytes], batch: int, processes: int,
+           barrier, out) -> None:  # type: ignore[no-untyped-def]
+    _, answer_all = _engine(models, tasks, 1, processes)
+    answer_all(pngs[:batch])  # warm up before the common start
+    barrier.wait()
+    start = time.time()
+    for i in range(0, len(pngs), batch):
+        answer_all(pngs[i : i + batch])
+    out.put((start, time.time()))
+
+
+def _processes(pngs: list[bytes], models: Path, tasks: list[str], processes: int,
+               batch: int) -> float:
+    """Images/s of ``processes`` processes with one ONNX thread each, sharing the images."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    shares = [pngs[i::processes] for i in range(processes)]
+    children = [ctx.Process(target=_child, args=(models, tasks, share, batch, processes,
+                                                 barrier, out)) for share in shares]
+    for child in children:
+        child.start()
+    spans = [out.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    return len(pngs) / wall
+
+
+def baseline(pngs: list[bytes], models: Path, tasks: list[str],
+             processes: int) -> dict[str, float]:
+    """The best the hardware does without the system, several ways; the best one last."""
     out: dict[str, float] = {}
-    answer_all(pngs[:1])  # warm up
-    start = time.perf_counter()
-    for data in pngs:
-        answer_all([data])
-    out["in-process, batch 1"] = len(pngs) / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for i in range(0, len(pngs), 32):
-        answer_all(pngs[i : i + 32])
-    out["in-process, batch 32"] = len(pngs) / (time.perf_counter() - start)
-    model = models[tasks[0]]
+    cores = len(os.sched_getaffinity(0))
+    loaded, answer_all = _engine(models, tasks, cores, 1)
+    for batch in (1, 32):
+        out[f"in-process, 1 process x {cores} threads, batch {batch}"] = (
+            len(pngs) / _timed(answer_all, pngs, batch))
+    for batch in (1, 32):
+        out[f"in-process, {processes} processes x 1 thread, batch {batch}"] = _processes(
+            pngs, models, tasks, processes, batch)
+    model = loaded[tasks[0]]
     spec = model.manifest.input
     member = model.members[0]
     x = np.stack([preprocess(d, spec) for d in pngs[:32]])
@@ -186,14 +239,17 @@ def main() -> None:
               f"input {manifest.input.size}px")
     print(f"{os.cpu_count()} cores; every job asks for: {', '.join(tasks)}")
     pngs = sample_pngs(args.images)
-    figures = baseline(pngs, args.models, tasks)
+    figures = baseline(pngs, args.models, tasks, args.workers)
+    best = max(v for k, v in figures.items() if k.startswith("in-process"))
     figures.update(system(pngs, args.models, args.workers, args.clients, tasks))
+    system_rate = next(v for k, v in figures.items() if k.startswith("system,"))
+    figures["system / best in-process baseline (ratio)"] = system_rate / best
     if args.keras:
         figures.update(keras_baseline(pngs[:10]))
     width = max(map(len, figures))
     for name, value in figures.items():
         unit = "" if "(" in name else " images/s"
-        print(f"  {name:<{width}}  {value:10.1f}{unit}")
+        print(f"  {name:<{width}}  {value:10.{3 if 'ratio' in name else 1}f}{unit}")
 
 
 if __name__ == "__main__":

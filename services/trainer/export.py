@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.members import MemberRunner
+from shared.members import Ensemble, MemberRunner
 from shared.registry import Manifest, McDropout
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "export_member",
     "onnx_session",
     "onnx_runners",
+    "onnx_ensemble",
     "onnx_predict",
     "keras_predict",
     "parity_masks",
@@ -85,6 +86,29 @@ def onnx_runners(manifest: Manifest, folder: Path, *, threads: int = 2) -> list[
     return [MemberRunner(m.name, onnx_session(Path(folder) / m.file, threads=threads),
                          manifest.input.input_name, manifest.output.output_name)
             for m in manifest.members]
+
+
+def onnx_ensemble(manifest: Manifest, folder: Path, *, threads: int = 2) -> Ensemble:
+    """The members of ``manifest`` in ``folder`` as the worker runs them: fused into one
+    session (:func:`shared.fused.fuse_version`, the worker's own fast path), else one
+    session each."""
+    import onnx
+    import onnxruntime as ort
+
+    from shared.fused import fuse_version
+
+    runners = onnx_runners(manifest, folder, threads=threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    fused = fuse_version(
+        manifest,
+        [onnx.load(str(Path(folder) / m.file)) for m in manifest.members],
+        lambda graph: ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]),
+        runners,
+    )
+    return fused if fused is not None else runners
 
 
 def onnx_predict(session: Any, x: np.ndarray, *, batch_size: int = 256,

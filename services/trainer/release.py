@@ -280,7 +280,7 @@ def release(
         run folder keeps the trained members.
     """
     from services.trainer.evaluate import evaluate
-    from services.trainer.export import export_member, member_parity, onnx_runners
+    from services.trainer.export import export_member, member_parity, onnx_ensemble
     from services.trainer.model.heads import output_spec
 
     started = time.perf_counter()
@@ -323,7 +323,7 @@ def release(
         t0 = time.perf_counter()
         draft = Manifest(task=task.name, version=version, members=entries, input=spec,
                          output=output_spec(task, members[0].models.mc), tta=recipe.tta)  # type: ignore[arg-type]
-        manifest, metrics = evaluate(task, draft, onnx_runners(draft, staging, threads=threads),
+        manifest, metrics = evaluate(task, draft, onnx_ensemble(draft, staging, threads=threads),
                                      test, staging, val=val, failures=recipe.checks.failures,
                                      calibrate=fits_calibration(task, recipe, splits))
         metrics.update({"parity_max_abs_diff": parity, "n_train": run.state()["train"]["n"],

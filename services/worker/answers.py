@@ -137,7 +137,9 @@ def _evidence_pass(model: LoadedModel) -> LoadedModel:
     if mc is not None:  # rate 0 keeps every unit: the mask is all ones
         update["output"] = manifest.output.model_copy(
             update={"mc_dropout": mc.model_copy(update={"samples": 1, "rate": 0.0})})
-    return replace(model, manifest=manifest.model_copy(update=update))
+    # The fused graph makes the manifest's transforms and samples itself: the evidence
+    # pass (identity only, one sample) runs the members one by one instead.
+    return replace(model, manifest=manifest.model_copy(update=update), fused=None)
 
 
 def load_models(

@@ -2,7 +2,8 @@
 
 The loop over members × test-time transforms × MC-dropout samples and the summary
 live in :mod:`shared.members`, which the trainer evaluates with too; this module
-only turns a :class:`~services.worker.sessions.LoadedModel` into its runners.
+only turns a :class:`~services.worker.sessions.LoadedModel` into its runners: the
+fused session of all members when the version has one, else a runner per member.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ __all__ = ["predict", "runners"]
 
 
 def runners(model: LoadedModel) -> list[MemberRunner]:
-    """The loaded members as :class:`shared.members.MemberRunner`, in manifest order."""
-    return [MemberRunner(m.member.name, m.session, m.input_name, m.output_name)
-            for m in model.members]
+    """The loaded members one by one as :class:`shared.members.MemberRunner`, in manifest order."""
+    return model.runners()
 
 
 def predict(
@@ -49,6 +49,6 @@ def predict(
     ModelIntegrityError
         If a member's outputs do not have one column per task output.
     """
-    results, _ = answer(task, model.manifest, runners(model), images,
+    results, _ = answer(task, model.manifest, model.ensemble(), images,
                         max_batch_size=max_batch_size)
     return results

@@ -61,7 +61,11 @@ class WorkerRuntime:
         self.sessions = SessionCache(
             self.registry,
             providers=settings.available_providers(),
-            intra_op_threads=settings.intra_op_threads,
+            intra_op_threads=settings.threads_per_process(),
+            spinning=settings.spinning(),
+            memory_arena=settings.onnx_memory_arena,
+            optimization=settings.onnx_graph_optimization,
+            fuse=settings.fuse_members,
             poll_seconds=settings.registry_poll_seconds,
             pinned_cached=settings.pinned_versions_cached,
         )

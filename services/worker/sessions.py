@@ -1,6 +1,8 @@
 """ONNX Runtime sessions per process, created lazily and cached by (task, version).
 
-Every member file is checked against its manifest sha256 before it is loaded. The
+Every member file is checked against its manifest sha256 before it is loaded. Each
+version's members are also fused into one graph (:mod:`shared.fused`: one session
+run per batch for the whole ensemble), checked against the members on load. The
 cache follows newly published versions (looking at most every ``poll_seconds``)
 and keeps serving the version it has when a newer one fails its checks or does not
 load, so a broken publish never takes a task offline.
@@ -15,13 +17,43 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import onnx
 import onnxruntime as ort
 
 from shared.errors import ModelIntegrityError, SkyserveError, UnknownTask
+from shared.fused import fuse_version
+from shared.members import FusedMembers, MemberRunner
 from shared.registry import Manifest, Member, RegistryReader
 from shared.taskdefs import TaskDefinition, load_task_definitions
 
-__all__ = ["LoadedModel", "MemberSession", "SessionCache"]
+__all__ = ["LoadedModel", "MemberSession", "SessionCache", "session_options"]
+
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(*, threads: int = 0, spinning: bool = True, memory_arena: bool = True,
+                    optimization: str = "all") -> ort.SessionOptions:
+    """ONNX Runtime options for one worker process.
+
+    ``threads`` intra-op threads (0: ONNX Runtime's choice, every core); one
+    inter-op thread (the graphs are a chain, and the worker's parallelism is its
+    processes); ``spinning`` False makes idle threads sleep at once instead of
+    busy-waiting, which several processes on the same cores need.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = _OPTIMIZATION[optimization]
+    options.enable_cpu_mem_arena = memory_arena
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3
+    return options
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +74,17 @@ class LoadedModel:
 
     manifest: Manifest
     members: tuple[MemberSession, ...]
+    #: Every member in one session (None: the graph could not be fused; run them one by one).
+    fused: FusedMembers | None = None
+
+    def runners(self) -> list[MemberRunner]:
+        """The members one by one, as :class:`shared.members.MemberRunner`, in manifest order."""
+        return [MemberRunner(m.member.name, m.session, m.input_name, m.output_name)
+                for m in self.members]
+
+    def ensemble(self) -> FusedMembers | list[MemberRunner]:
+        """What answers are made with: the fused session, else the members one by one."""
+        return self.fused if self.fused is not None else self.runners()
 
     @property
     def task(self) -> str:
@@ -68,6 +111,10 @@ class SessionCache:
         ONNX Runtime execution providers, in order of preference, all available.
     intra_op_threads
         Threads per inference; 0 lets ONNX Runtime decide.
+    spinning, memory_arena, optimization
+        ONNX Runtime options (:func:`session_options`).
+    fuse
+        Also fuse each version's members into one session (:mod:`shared.fused`).
     poll_seconds
         Least time between two looks for a newer version of a task.
     pinned_cached
@@ -85,6 +132,10 @@ class SessionCache:
         *,
         providers: list[str],
         intra_op_threads: int = 0,
+        spinning: bool = True,
+        memory_arena: bool = True,
+        optimization: str = "all",
+        fuse: bool = True,
         poll_seconds: float = 30.0,
         pinned_cached: int = 2,
         task_definitions: Mapping[str, TaskDefinition] | None = None,
@@ -96,6 +147,10 @@ class SessionCache:
         )
         self.providers = list(providers)
         self.intra_op_threads = intra_op_threads
+        self.spinning = spinning
+        self.memory_arena = memory_arena
+        self.optimization = optimization
+        self.fuse = fuse
         self.poll_seconds = poll_seconds
         self.pinned_cached = pinned_cached
         self._clock = clock
@@ -250,25 +305,35 @@ class SessionCache:
         if task not in self.task_definitions:
             raise UnknownTask(f"The registry serves {task!r}, but no such task is defined.")
         expected_columns = len(self.task_definitions[task].output_names)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(threads=self.intra_op_threads, spinning=self.spinning,
+                                  memory_arena=self.memory_arena, optimization=self.optimization)
         members = []
+        graphs = []
         for member in manifest.members:
             path = self.registry.member_path(manifest, member)  # sha256 checked here
-            session = ort.InferenceSession(
-                str(path), sess_options=options, providers=self.providers
-            )
+            data = path.read_bytes()  # the bytes that were checked are the bytes loaded
+            session = ort.InferenceSession(data, sess_options=options, providers=self.providers)
             members.append(_bind(manifest, member, session, expected_columns))
+            graphs.append(data)
+        model = LoadedModel(manifest=manifest, members=tuple(members))
+        if self.fuse:
+            fused = fuse_version(
+                manifest,
+                [onnx.load_from_string(g) for g in graphs],
+                lambda graph: ort.InferenceSession(graph, sess_options=options,
+                                                   providers=self.providers),
+                model.runners(),
+            )
+            model = LoadedModel(manifest=manifest, members=model.members, fused=fused)
         logger.info(
-            "Loaded %s v%d (%d members) on %s.",
+            "Loaded %s v%d (%d members%s) on %s.",
             task,
             version,
             len(members),
+            ", fused" if model.fused is not None else "",
             members[0].session.get_providers(),
         )
-        return LoadedModel(manifest=manifest, members=tuple(members))
+        return model
 
 
 def _why(exc: Exception) -> str:

@@ -6,7 +6,13 @@ Every field is read from ``SKYSERVE_<FIELD>`` (lists as JSON, e.g.
 Variables (type, default):
 
 - ``SKYSERVE_ONNX_PROVIDERS`` (list[str], ``["CUDAExecutionProvider", "CPUExecutionProvider"]``)
-- ``SKYSERVE_INTRA_OP_THREADS`` (int, 0 = ONNX Runtime decides, one thread per core)
+- ``SKYSERVE_INTRA_OP_THREADS`` (int, 0 = cores / ``SKYSERVE_WORKER_PROCESSES``)
+- ``SKYSERVE_WORKER_PROCESSES`` (int, 1: processes running ONNX Runtime on this host, all replicas;
+  replicas x concurrency with the prefork pool, replicas with the threads pool)
+- ``SKYSERVE_ONNX_SPINNING`` (bool or unset; unset = spin only with one worker process)
+- ``SKYSERVE_ONNX_MEMORY_ARENA`` (bool, true)
+- ``SKYSERVE_ONNX_GRAPH_OPTIMIZATION`` (``disable|basic|extended|all``, ``all``)
+- ``SKYSERVE_FUSE_MEMBERS`` (bool, true: one fused graph per version, see shared/fused.py)
 - ``SKYSERVE_REGISTRY_POLL_SECONDS`` (float, 30)
 - ``SKYSERVE_HEARTBEAT_INTERVAL_SECONDS`` (float, 5)
 - ``SKYSERVE_HEARTBEAT_TTL_SECONDS`` (int, 20)
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,8 +73,33 @@ class WorkerSettings(SkyserveSettings):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="Threads one inference may use; 0 lets ONNX Runtime use every core. Set it "
-        "to cores / processes when running several worker processes on one host.",
+        description="Threads one inference may use; 0: this host's cores divided by "
+        "worker_processes (at least one), so the processes do not fight over cores.",
+    )
+    worker_processes: int = Field(
+        default=1,
+        gt=0,
+        description="Processes running ONNX Runtime on this host (worker replicas x Celery "
+        "concurrency with the prefork pool, replicas with the threads pool): sets the "
+        "threads per process and whether threads spin.",
+    )
+    onnx_spinning: bool | None = Field(
+        default=None,
+        description="Let ONNX Runtime's idle threads spin (busy-wait) for the next piece of "
+        "work; unset: only with one worker process, where spinning saves wake-ups, "
+        "while with several it burns the cores the other processes need.",
+    )
+    onnx_memory_arena: bool = Field(
+        default=True,
+        description="Keep ONNX Runtime's CPU memory arena (reused buffers between runs).",
+    )
+    onnx_graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ONNX Runtime graph optimisation level."
+    )
+    fuse_members: bool = Field(
+        default=True,
+        description="Run each version's members as one fused graph (shared/fused.py), "
+        "checked against the members when loaded; false runs them one by one.",
     )
     registry_poll_seconds: float = Field(
         default=30.0,
@@ -236,6 +268,17 @@ class WorkerSettings(SkyserveSettings):
         if self.max_job_attempts <= self.transient_retries:
             raise ValueError("max_job_attempts must exceed transient_retries")
         return self
+
+    def threads_per_process(self) -> int:
+        """ONNX Runtime intra-op threads for one process: the setting, or cores / processes."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // self.worker_processes)
+
+    def spinning(self) -> bool:
+        """Whether ONNX Runtime's threads spin: the setting, else only with one process."""
+        return self.worker_processes == 1 if self.onnx_spinning is None else self.onnx_spinning
 
     def available_providers(self) -> list[str]:
         """The preferred providers this onnxruntime build has, CPU as the last resort."""

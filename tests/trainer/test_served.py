@@ -26,7 +26,7 @@ from services.trainer.data.render import encode_png  # noqa: E402
 from services.trainer.evaluate import evaluate, outputs, serve  # noqa: E402
 from services.trainer.evaluate.regression import regression_metrics  # noqa: E402
 from services.trainer.evaluate.vote_tree import confident_questions  # noqa: E402
-from services.trainer.export import onnx_runners  # noqa: E402
+from services.trainer.export import onnx_ensemble  # noqa: E402
 from services.trainer.model.heads import question_spans  # noqa: E402
 from services.worker import answers  # noqa: E402
 from services.worker.sessions import SessionCache  # noqa: E402
@@ -78,7 +78,9 @@ def test_evaluation_outputs_equal_the_workers_answers_mc_dropout_included(
         assert manifest.output.mc_dropout is not None and manifest.output.mc_dropout.samples > 1
     pngs, labels = _images(task_name)
     x = np.stack([preprocess(png, manifest.input) for png in pngs])
-    runners = onnx_runners(manifest, reader.version_dir(task_name, manifest.version), threads=2)
+    # The same fast path as the worker: the members fused into one session.
+    runners = onnx_ensemble(manifest, reader.version_dir(task_name, manifest.version), threads=2)
+    assert not isinstance(runners, list), "the tiny members did not fuse"
 
     # The trainer's side: what its evaluation computes metrics from.
     trainer = serve(task, manifest, runners, x)

@@ -19,13 +19,12 @@ vote_tree      :mod:`.vote_tree` — vote-fraction MAE on confident questions, N
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from services.trainer.data.labelled import LabelledSet
 from services.trainer.evaluate.served import SERVE_BATCH, Context, Served, outputs, serve
-from shared.members import MemberRunner
+from shared.members import Ensemble
 from shared.registry import Manifest
 from shared.taskdefs import TaskDefinition
 
@@ -36,7 +35,7 @@ KINDS = {kind: f"services.trainer.evaluate.{kind}"
          for kind in ("regression", "classification", "multilabel", "vote_tree")}
 
 
-def evaluate(task: TaskDefinition, manifest: Manifest, runners: Sequence[MemberRunner],
+def evaluate(task: TaskDefinition, manifest: Manifest, runners: Ensemble,
              test: LabelledSet, folder: Path, *, val: LabelledSet | None = None,
              calibrate: bool = True, failures: int = 12,
              max_batch_size: int = SERVE_BATCH) -> tuple[Manifest, dict[str, Any]]:
@@ -47,7 +46,8 @@ def evaluate(task: TaskDefinition, manifest: Manifest, runners: Sequence[MemberR
     manifest
         The version as it will be (or is) served; its ``version`` seeds the MC masks.
     runners
-        One per member, in manifest order (:func:`services.trainer.export.onnx_runners`).
+        The members as served: fused or one per member, in manifest order
+        (:func:`services.trainer.export.onnx_ensemble`).
     val
         The validation set: what the kind fits there (a regression's bias
         correction, with ``calibrate``) is fitted on it, never on ``test``.

@@ -100,7 +100,7 @@ def reevaluate(task_name: str, version: int | None, *, models_dir: Path, folder:
     """
     from services.trainer.data import build_splits
     from services.trainer.evaluate import evaluate
-    from services.trainer.export import onnx_runners
+    from services.trainer.export import onnx_ensemble
     from services.trainer.release import input_spec
 
     reader = RegistryReader(Path(models_dir))
@@ -118,7 +118,7 @@ def reevaluate(task_name: str, version: int | None, *, models_dir: Path, folder:
     notes += _csv_note(manifest, data.test.description)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    runners = onnx_runners(manifest, reader.version_dir(task_name, manifest.version),
+    runners = onnx_ensemble(manifest, reader.version_dir(task_name, manifest.version),
                            threads=threads)
     _, metrics = evaluate(task, manifest, runners, data.test, folder, val=data.val,
                           calibrate=False, failures=recipe.checks.failures)
@@ -151,7 +151,7 @@ def republish(task_name: str, version: int | None, *, models_dir: Path, workers:
 
     from services.trainer.data import build_splits
     from services.trainer.evaluate import evaluate
-    from services.trainer.export import onnx_runners
+    from services.trainer.export import onnx_ensemble
     from services.trainer.manifest import headline_metrics, write_json
     from services.trainer.release import input_spec
     from shared.registry import RegistryWriter
@@ -179,7 +179,7 @@ def republish(task_name: str, version: int | None, *, models_dir: Path, workers:
             shutil.copy2(folder / member.file, staging / member.file)
         draft = source.model_copy(update={"version": new_version, "calibration": None,
                                           "metrics": {}, "created": datetime.now(UTC)})
-        manifest, metrics = evaluate(task, draft, onnx_runners(draft, staging, threads=threads),
+        manifest, metrics = evaluate(task, draft, onnx_ensemble(draft, staging, threads=threads),
                                      data.test, staging, val=data.val, calibrate=calibrate,
                                      failures=recipe.checks.failures)
         metrics.update({k: source.metrics[k] for k in ("parity_max_abs_diff", "n_train")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.members import MemberRunner, answer
+from shared.members import Ensemble, answer
 from shared.registry import Manifest
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
@@ -55,7 +55,7 @@ def outputs(task: TaskDefinition, results: Sequence[TaskResult]) -> np.ndarray:
                      for r in results], dtype=np.float64)
 
 
-def serve(task: TaskDefinition, manifest: Manifest, runners: Sequence[MemberRunner],
+def serve(task: TaskDefinition, manifest: Manifest, runners: Ensemble,
           x: np.ndarray, *, max_batch_size: int = SERVE_BATCH) -> Served:
     """Answer every image of ``x`` exactly as the worker would with this version."""
     results, raw = answer(task, manifest, runners, x, max_batch_size=max_batch_size)
@@ -73,7 +73,7 @@ class Context:
 
     task: TaskDefinition
     manifest: Manifest
-    runners: Sequence[MemberRunner]
+    runners: Ensemble
     folder: Path
     calibrate: bool = True
     failures: int = 12
