@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from services.worker.inference import predict as predict_images
-from services.worker.sessions import LoadedModel
+from services.worker.sessions import LoadedModel, evidence_manifest
 from shared.applicability import apply_verdict, judge
 from shared.errors import InvalidRequest, NonFiniteAnswer, SkyserveError, UnknownTask
 from shared.preprocessing import DecodedImage
@@ -113,33 +113,25 @@ def requested_tasks(runtime: WorkerRuntime, tasks: Sequence[str]) -> list[str]:
     return names
 
 
-#: id(loaded version) → (that version, its evidence pass). One evidence object per loaded
-#: version, so the micro-batcher (which groups by model object) can group evidence runs
-#: of different jobs; the loaded version is kept so its id is never reused.
+#: id(loaded version) → (that version, its evidence pass), for versions loaded without
+#: one. One evidence object per loaded version, so the micro-batcher (which groups by
+#: model object) groups evidence runs of different jobs; the version is kept so its id
+#: is never reused.
 _EVIDENCE: dict[int, tuple[LoadedModel, LoadedModel]] = {}
 
 
 def evidence_model(model: LoadedModel) -> LoadedModel:
-    """``model`` as a cheap evidence pass: the identity view only (no test-time transforms)
-    and, with MC dropout, one all-ones mask (the members' deterministic output)."""
+    """``model`` as a cheap evidence pass (:func:`services.worker.sessions.evidence_manifest`):
+    the fused pass the session cache built with it, else its members one by one (a fused
+    graph makes its own manifest's transforms and samples, so it cannot serve this pass)."""
+    if model.evidence_pass is not None:
+        return model.evidence_pass
     cached = _EVIDENCE.get(id(model))
     if cached is not None and cached[0] is model:
         return cached[1]
-    evidence = _evidence_pass(model)
+    evidence = replace(model, manifest=evidence_manifest(model.manifest), fused=None)
     _EVIDENCE[id(model)] = (model, evidence)
     return evidence
-
-
-def _evidence_pass(model: LoadedModel) -> LoadedModel:
-    manifest = model.manifest
-    update: dict[str, object] = {"tta": ["identity"]}
-    mc = manifest.output.mc_dropout
-    if mc is not None:  # rate 0 keeps every unit: the mask is all ones
-        update["output"] = manifest.output.model_copy(
-            update={"mc_dropout": mc.model_copy(update={"samples": 1, "rate": 0.0})})
-    # The fused graph makes the manifest's transforms and samples itself: the evidence
-    # pass (identity only, one sample) runs the members one by one instead.
-    return replace(model, manifest=manifest.model_copy(update=update), fused=None)
 
 
 def load_models(

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 import onnxruntime as ort
@@ -26,7 +26,7 @@ from shared.members import FusedMembers, MemberRunner
 from shared.registry import Manifest, Member, RegistryReader
 from shared.taskdefs import TaskDefinition, load_task_definitions
 
-__all__ = ["LoadedModel", "MemberSession", "SessionCache", "session_options"]
+__all__ = ["LoadedModel", "MemberSession", "SessionCache", "evidence_manifest", "session_options"]
 
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -76,6 +76,9 @@ class LoadedModel:
     members: tuple[MemberSession, ...]
     #: Every member in one session (None: the graph could not be fused; run them one by one).
     fused: FusedMembers | None = None
+    #: The same members as a cheap applicability-evidence pass (:func:`evidence_manifest`),
+    #: fused on its own; None where no task reads this one as evidence.
+    evidence_pass: LoadedModel | None = None
 
     def runners(self) -> list[MemberRunner]:
         """The members one by one, as :class:`shared.members.MemberRunner`, in manifest order."""
@@ -145,6 +148,9 @@ class SessionCache:
         self.task_definitions = (
             task_definitions if task_definitions is not None else load_task_definitions()
         )
+        #: Tasks some task's applicability rules read: their versions get an evidence pass.
+        self._evidence_tasks = {name for definition in self.task_definitions.values()
+                                for name in definition.evidence_tasks}
         self.providers = list(providers)
         self.intra_op_threads = intra_op_threads
         self.spinning = spinning
@@ -325,6 +331,19 @@ class SessionCache:
                 model.runners(),
             )
             model = LoadedModel(manifest=manifest, members=model.members, fused=fused)
+        if task in self._evidence_tasks:
+            cheap = evidence_manifest(manifest)
+            # The fused graph makes its manifest's transforms and samples itself, so the
+            # evidence pass (one view, one sample) gets a graph of its own.
+            cheap_fused = fuse_version(
+                cheap,
+                [onnx.load_from_string(g) for g in graphs],
+                lambda graph: ort.InferenceSession(graph, sess_options=options,
+                                                   providers=self.providers),
+                model.runners(),
+            ) if self.fuse else None
+            model = replace(model, evidence_pass=LoadedModel(
+                manifest=cheap, members=model.members, fused=cheap_fused))
         logger.info(
             "Loaded %s v%d (%d members%s) on %s.",
             task,
@@ -375,3 +394,14 @@ def _bind(
     return MemberSession(
         member=member, session=session, input_name=spec.input_name, output_name=name
     )
+
+
+def evidence_manifest(manifest: Manifest) -> Manifest:
+    """``manifest`` as a cheap evidence pass: the identity view only (no test-time
+    transforms) and, with MC dropout, one all-ones mask (the members' deterministic output)."""
+    update: dict[str, object] = {"tta": ["identity"]}
+    mc = manifest.output.mc_dropout
+    if mc is not None:  # rate 0 keeps every unit: the mask is all ones
+        update["output"] = manifest.output.model_copy(
+            update={"mc_dropout": mc.model_copy(update={"samples": 1, "rate": 0.0})})
+    return manifest.model_copy(update=update)

@@ -163,19 +163,23 @@ def _close(a: object, b: object, tolerance: float, path: str = "") -> None:
         assert a == b, path
 
 
-def test_other_passes_than_the_fused_graph_was_built_for_run_member_by_member(
+def test_the_evidence_pass_has_its_own_fused_graph_that_answers_as_its_members(
     loaded: dict[str, LoadedModel],
 ) -> None:
-    """The applicability evidence pass (identity only, one sample) does not reuse the
-    fused graph, which makes the manifest's own transforms; asking it for others fails
-    loudly instead of answering wrongly."""
+    """The applicability evidence pass (identity only, one sample) gets a fused graph of
+    its own, equal to its members run one by one; the version's fused graph, which makes
+    the manifest's own transforms, fails loudly when asked for another pass."""
     from services.worker.answers import evidence_model
 
-    model = loaded["object-type"]
-    evidence = evidence_model(model)
-    assert evidence.fused is None and evidence.manifest.tta == ["identity"]
-    x = _images(model, 3)
-    raw = run_members(evidence.manifest, evidence.ensemble(), x, max_batch_size=8)
-    assert all(out.shape[:2] == (1, 3) for out in raw.values())
-    with pytest.raises(ValueError, match="fused graph was built for"):
-        run_members(evidence.manifest, model.ensemble(), x, max_batch_size=8)
+    for task in ("object-type", "morphology"):
+        model = loaded[task]
+        evidence = evidence_model(model)
+        assert evidence.fused is not None and evidence.manifest.tta == ["identity"]
+        x = _images(model, 3)
+        fused = run_members(evidence.manifest, evidence.ensemble(), x, max_batch_size=8)
+        plain = run_members(evidence.manifest, evidence.runners(), x, max_batch_size=8)
+        for name, out in plain.items():
+            assert out.shape[:2] == (1, 3)
+            np.testing.assert_allclose(fused[name], out, atol=1e-4, rtol=0)
+        with pytest.raises(ValueError, match="fused graph was built for"):
+            run_members(evidence.manifest, model.ensemble(), x, max_batch_size=8)
