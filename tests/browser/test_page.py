@@ -92,7 +92,11 @@ def test_png_upload_reads_every_answer(page: Any, system: RunningSystem, tmp_pat
     assert members.locator("tbody tr").count() == 3
 
     assert _seen_image_loaded(card) == 256
-    assert "inclination v3" in card.locator("footer").inner_text()
+    from shared.registry import RegistryReader
+    from shared.settings import REPO_ROOT
+
+    latest = RegistryReader(REPO_ROOT / "models").latest("inclination")
+    assert f"inclination v{latest}" in card.locator("footer").inner_text()
     json_link = card.locator("footer a", has_text="JSON").get_attribute("href")
     assert httpx.get(f"{system.url}/{json_link}", timeout=10).json()["id"] == job["id"]
     page.wait_for_function("document.getElementById('announcer').textContent.includes('Answer for')")
