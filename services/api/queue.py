@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import redis
 from celery import Celery
 
 from shared.errors import ServiceUnavailable
@@ -39,7 +40,7 @@ class JobQueue:
                 retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
             )
         except Exception as exc:  # kombu raises several transport-specific types
-            raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     def enqueue_predict(self, job_id: str) -> None:
         """Send one job to the workers.
@@ -78,7 +79,7 @@ class JobQueue:
             context = self.celery.producer_or_acquire()
             producer = context.__enter__()
         except Exception as exc:  # kombu raises several transport-specific types
-            raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
+            raise _unavailable(exc) from exc
 
         def send(index: int) -> None:
             try:
@@ -89,7 +90,7 @@ class JobQueue:
                     producer=producer,
                 )
             except Exception as exc:  # kombu raises several transport-specific types
-                raise ServiceUnavailable(f"The job queue is unreachable: {exc}") from exc
+                raise _unavailable(exc) from exc
 
         try:
             yield send
@@ -99,3 +100,12 @@ class JobQueue:
     def close(self) -> None:
         """Release broker connections."""
         self.celery.close()
+
+
+def _unavailable(exc: Exception) -> ServiceUnavailable:
+    """The 503 for a failed send: a full Redis (noeviction) says so, as the job store does."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc):
+        return ServiceUnavailable(
+            "The job store is full; finished work is being cleared, try again shortly."
+        )
+    return ServiceUnavailable(f"The job queue is unreachable: {exc}")

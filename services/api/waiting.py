@@ -110,14 +110,19 @@ class JobWaiter:
 
     async def stop(self) -> None:
         """Stop the listener and close its connection."""
+        # Bounded: a listener stuck closing its connection must not hang the API's
+        # shutdown (seen once in the test suite: the lifespan never returned).
         if self._task is not None:
             self._task.cancel()
             try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, timeout=2.0)
+            except (TimeoutError, asyncio.CancelledError, Exception):
                 pass
             self._task = None
-        await self.redis.aclose()
+        try:
+            await asyncio.wait_for(self.redis.aclose(), timeout=2.0)
+        except (TimeoutError, Exception):
+            log.warning("Job notices: the listener's connection did not close in 2 s.")
 
     async def _listen(self) -> None:
         pattern = f"{_glob_escape(self.prefix)}:{DONE_CHANNEL}:*"
@@ -141,7 +146,7 @@ class JobWaiter:
             finally:
                 self.listening.clear()
                 try:
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
                 except Exception:
                     pass
             await asyncio.sleep(backoff)
