@@ -50,6 +50,9 @@ def _finished_card(page: Any, index: int = 0) -> Any:
     """The index-th result card once its job has ended (succeeded or failed)."""
     card = page.locator(CARDS).nth(index)
     card.locator(".pill.succeeded, .pill.failed, .pill.error").wait_for(timeout=60_000)
+    # The pill changes first, then the answer is drawn and the card stops being busy.
+    page.wait_for_function("el => el.getAttribute('aria-busy') === 'false'",
+                           arg=card.element_handle(), timeout=10_000)
     return card
 
 
