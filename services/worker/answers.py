@@ -113,25 +113,17 @@ def requested_tasks(runtime: WorkerRuntime, tasks: Sequence[str]) -> list[str]:
     return names
 
 
-#: id(loaded version) → (that version, its evidence pass), for versions loaded without
-#: one. One evidence object per loaded version, so the micro-batcher (which groups by
-#: model object) groups evidence runs of different jobs; the version is kept so its id
-#: is never reused.
-_EVIDENCE: dict[int, tuple[LoadedModel, LoadedModel]] = {}
-
-
 def evidence_model(model: LoadedModel) -> LoadedModel:
-    """``model`` as a cheap evidence pass (:func:`services.worker.sessions.evidence_manifest`):
-    the fused pass the session cache built with it, else its members one by one (a fused
-    graph makes its own manifest's transforms and samples, so it cannot serve this pass)."""
+    """``model`` as a cheap evidence pass (:func:`services.worker.sessions.evidence_manifest`).
+
+    The session cache builds it, fused, with every version of a task some rule reads as
+    evidence, so it is one object per loaded version (the micro-batcher groups by model
+    object). A version loaded without one runs its members one by one: a fused graph
+    makes its own manifest's transforms and samples, so it cannot serve this pass.
+    """
     if model.evidence_pass is not None:
         return model.evidence_pass
-    cached = _EVIDENCE.get(id(model))
-    if cached is not None and cached[0] is model:
-        return cached[1]
-    evidence = replace(model, manifest=evidence_manifest(model.manifest), fused=None)
-    _EVIDENCE[id(model)] = (model, evidence)
-    return evidence
+    return replace(model, manifest=evidence_manifest(model.manifest), fused=None)
 
 
 def load_models(
