@@ -47,14 +47,26 @@ def test_rejection_labels_format_and_balance(rejection_set: LabelledSet) -> None
 def test_rejection_truth_is_exact(rejection_set: LabelledSet) -> None:
     for row, truth in zip(rejection_set.y, rejection_set.truth):
         labels = dict(zip(REJECTION, row.astype(bool)))
-        assert labels["face_on"] == (truth["inclination_deg"] < 45.0)
-        assert 0.0 <= truth["inclination_deg"] <= 90.0
-        assert labels["low_snr"] == (truth["snr"] < rejection.LOW_SNR_RANGE[1])
-        assert labels["bright_star"] == (truth["star"] is not None)
-        assert labels["multiple_galaxies"] == (truth["second_galaxy"] is not None)
         outside = truth["outside_fraction"]
+        inclination = truth["inclination_deg"]
+        assert 0.0 <= inclination <= 90.0
+        assert not rejection.FACE_ON_GAP_DEG[0] < inclination < rejection.FACE_ON_GAP_DEG[1]
+        assert labels["low_snr"] == (truth["snr"] < rejection.LOW_SNR_RANGE[1])
+        # a shape is judged only where it shows: not too faint, mostly in the frame
+        shape_seen = not labels["low_snr"] and (
+            outside is None or outside < rejection.SHAPE_HIDDEN_FRACTION)
+        assert labels["face_on"] == (shape_seen and inclination < 45.0)
+        assert labels["bright_star"] == (truth["star"] is not None)
+        if labels["bright_star"]:
+            assert truth["star"]["flux_ratio"] >= 1.0
+            assert truth["star"]["flux_ratio"] * truth["snr"] >= rejection.STAR_MIN_SNR - 1e-6
+        assert labels["multiple_galaxies"] == (truth["second_galaxy"] is not None)
         cut = outside is not None and outside >= rejection.EDGE_CUT_FRACTION
         assert labels["edge_cut"] == cut
+        if outside is not None and not cut:  # moved to an edge: clearly not cut
+            assert outside <= rejection.EDGE_CLEAR_FRACTION
+        if labels["low_snr"]:  # nothing else about a too-faint galaxy can be seen
+            assert not (labels["multiple_galaxies"] or labels["edge_cut"] or outside)
         assert truth["reasons"] == [r for r in rejection.REASONS if labels[r]]
     inclinations = [t["inclination_deg"] for t in rejection_set.truth]
     assert min(inclinations) < 20 and max(inclinations) > 70  # the full 0–90° range
@@ -87,6 +99,8 @@ def test_render_pngs_go_through_preprocess() -> None:
         assert preprocess(png, SPEC).shape == (32, 32, 3)
     with pytest.raises(ValueError, match="Unknown rejection"):
         rejection.render_rejection_png({"cosmic_ray"}, 0)
+    with pytest.raises(ValueError, match="too-faint galaxy"):
+        rejection.render_rejection_png({"low_snr", "edge_cut"}, 0)
     with pytest.raises(ValueError, match="Unknown morphology"):
         morphology.render_morphology_png("lenticular", 0)
 
@@ -128,16 +142,35 @@ def test_morphology_is_deterministic(morphology_set: LabelledSet) -> None:
 def test_edge_on_disks_get_edge_on_votes() -> None:
     yes = MORPHOLOGY.output_names.index("disk-edge-on:yes")
     no = MORPHOLOGY.output_names.index("disk-edge-on:no")
-    totals = np.zeros(17, dtype=np.int64)
     for seed in range(4):
         truth = morphology.render_morphology(seed, kind="edge_on").truth
         assert truth["answers"]["disk-edge-on"] == "yes" and truth["inclination_deg"] >= 80
-        sharp = {**truth, "quality": 1.0}  # a bright, big one: volunteers see it plainly
+        # a volunteer who sees the thin disk plainly calls it edge-on
+        sharp = {**truth, "quality": 1.0, "apparent_inclination_deg": truth["inclination_deg"]}
         votes = morphology.simulate_votes(sharp, volunteers=40, seed=seed)
         _check_tree(votes, 40)
         assert votes[yes] >= 0.8 * (votes[yes] + votes[no]) > 0
-        totals += morphology.simulate_votes(truth, volunteers=40, seed=seed)
-    assert totals[yes] > totals[no]  # at any quality, mostly "yes"
+
+
+def test_volunteers_answer_from_what_the_served_image_shows() -> None:
+    """The same edge-on disks served small look rounder and get fewer edge-on votes
+    than served large: volunteers judge the apparent shape, not the hidden truth."""
+    yes = MORPHOLOGY.output_names.index("disk-edge-on:yes")
+    small, large = [], []
+    for seed in range(6):
+        coarse = morphology.render_morphology(seed, kind="edge_on", served_size=12).truth
+        fine = morphology.render_morphology(seed, kind="edge_on", served_size=128).truth
+        assert coarse["inclination_deg"] == fine["inclination_deg"]  # one galaxy
+        assert coarse["apparent_axis_ratio"] >= fine["apparent_axis_ratio"] - 0.02
+        assert coarse["visible_radius_px"] < fine["visible_radius_px"]
+        small.append(morphology.expected_fractions(coarse)[yes])
+        large.append(morphology.expected_fractions(fine)[yes])
+    assert np.mean(large) > np.mean(small) + 0.1
+    # the truth a volunteer cannot see changes nothing: the votes follow the image
+    truth = morphology.render_morphology(2, kind="disk").truth
+    hidden = {**truth, "inclination_deg": 5.0, "axis_ratio": 0.99, "snr": 1e4}
+    np.testing.assert_array_equal(morphology.expected_fractions(truth),
+                                  morphology.expected_fractions(hidden))
 
 
 def test_faint_galaxies_blur_the_votes() -> None:

@@ -2,10 +2,21 @@
 
 An elliptical (Sersic n 3–4, axis ratio), a disk (spiral arms or not, a bar or not,
 bulge fraction in five classes), an edge-on disk or an artifact (a lone star, a
-satellite streak, noise). Volunteer votes are then simulated from the truth: each
-volunteer perceives the galaxy more or less well depending on its S/N and size,
-answers the root question and only the questions their own answers lead to. The
-answer probabilities they vote with are kept with the set (``expected``): what a
+satellite streak, noise). Volunteer votes are then simulated, and the volunteers
+answer from what the image shows at the resolution the model is served, not from
+the hidden truth (scenes version 2; version 1's volunteers used the intrinsic axis
+ratio and S/N, which a 64-pixel image barely shows):
+
+- the galaxy is drawn without noise, PSF-convolved, and reduced to the served size
+  (:func:`what_shows`); its pixels above twice the noise there are what a volunteer
+  sees: their extent (``visible_radius_px``) decides how sure the root answer and the
+  shapes are, their second moments the apparent axis ratio (roundness and edge-on);
+- arms and bars need more: a galaxy resolved into several PSF widths at the served
+  size and seen over several pixels (``detail``);
+- each volunteer answers the root question and only the questions their own answers
+  lead to.
+
+The answer probabilities they vote with are kept with the set (``expected``): what a
 perfect model would answer, and the floor no model can beat. The source
 ``morphology`` of a recipe builds the three splits (:func:`splits`).
 """
@@ -35,8 +46,8 @@ from shared.registry import InputSpec
 from shared.taskdefs import TaskDefinition, get_task_definition
 
 __all__ = ["MORPHOLOGY_KINDS", "SourceParams", "render_morphology", "render_morphology_png",
-           "answer_probabilities", "expected_fractions", "simulate_votes", "morphology_set",
-           "splits"]
+           "what_shows", "answer_probabilities", "expected_fractions", "simulate_votes",
+           "morphology_set", "splits"]
 
 MORPHOLOGY_KINDS = {"elliptical": 0.35, "disk": 0.40, "edge_on": 0.18, "artifact": 0.07}
 # Truth classes of the morphology questions.
@@ -47,6 +58,10 @@ BULGE_CLASSES = {  # bulge fraction ranges per answer, with gaps between them
     "large": (0.34, 0.5), "dominant": (0.56, 0.72),
 }
 BULGE_EDGES = (0.02, 0.135, 0.315, 0.53)
+# A served pixel counts as "seen" this many noise sigmas above the sky.
+SEEN_SIGMAS = 2.0
+# The size the volunteers look at: the recipe's input size (64 px by default).
+SERVED_SIZE = 64
 
 class SourceParams(BaseModel):
     """The ``morphology`` source's parameters in a recipe."""
@@ -106,7 +121,41 @@ def _artifact(p: GalaxyParams, rng: np.random.Generator, sub: str) -> tuple[np.n
     return planes, scenes.noise_sigma(planes[..., 1], p.snr)
 
 
-def render_morphology(seed: int, *, kind: str | None = None) -> scenes.Scene:
+def what_shows(plane: np.ndarray, sigma: float, p: GalaxyParams, served_size: int,
+               hlr_px: float) -> dict[str, float]:
+    """What a volunteer can see of a noiseless galaxy ``plane`` at the served size.
+
+    The plane (r band, PSF-convolved) is box-reduced to the size the model is served
+    (the long side to ``served_size``), where the noise of ``sigma`` per native pixel
+    averages down. Returns the radius of the area above :data:`SEEN_SIGMAS` times that
+    noise (``visible_radius_px``, served pixels), the axis ratio of that area's light
+    (``apparent_axis_ratio``, 1 when fewer than 5 pixels show: a dot looks round) and
+    the half-light radius over the PSF's FWHM there (``resolution``; a served pixel
+    blurs as much as a FWHM of one pixel).
+    """
+    from PIL import Image
+
+    scale = served_size / max(p.width, p.height)
+    size = (max(1, round(p.width * scale)), max(1, round(p.height * scale)))
+    small = np.asarray(Image.fromarray(plane.astype(np.float32), mode="F")
+                       .resize(size, Image.Resampling.BOX), dtype=np.float64)
+    seen = small > SEEN_SIGMAS * sigma * min(1.0, scale)
+    count = int(seen.sum())
+    q_app = 1.0
+    if count >= 5:
+        ys, xs = np.nonzero(seen)
+        w = small[seen]
+        mx, my = np.average(xs, weights=w), np.average(ys, weights=w)
+        cov = np.cov(np.stack([xs - mx, ys - my]), aweights=w)
+        lo, hi = np.linalg.eigvalsh(cov + np.eye(2) / 12.0)  # a pixel has a width
+        q_app = float(math.sqrt(max(lo, 0.0) / hi))
+    psf = math.hypot(p.psf_fwhm_px * scale, 1.0)
+    return {"visible_radius_px": math.sqrt(count / math.pi), "apparent_axis_ratio": q_app,
+            "resolution": hlr_px * scale / psf}
+
+
+def render_morphology(seed: int, *, kind: str | None = None,
+                      served_size: int = SERVED_SIZE) -> scenes.Scene:
     """Render one morphology scene; its truth decides every question of the vote tree.
 
     Parameters
@@ -116,6 +165,8 @@ def render_morphology(seed: int, *, kind: str | None = None) -> scenes.Scene:
     kind
         ``elliptical``, ``disk`` (not edge-on), ``edge_on`` or ``artifact``; None draws
         one with the weights of :data:`MORPHOLOGY_KINDS`.
+    served_size
+        The model's input size: the volunteers judge the galaxy as it shows there.
 
     Raises
     ------
@@ -143,12 +194,12 @@ def render_morphology(seed: int, *, kind: str | None = None) -> scenes.Scene:
         q = rng.uniform(0.3, 1.0)
         planes = _elliptical_planes(p, n, hlr, q)
         truth.update(sersic_n=n, hlr_px=hlr, axis_ratio=q, inclination_deg=None)
-        bulge_fraction, apparent_incl = 1.0, float(inclination_from_axis_ratio(q))
+        bulge_fraction = 1.0
     elif kind == "artifact":
         sub = str(rng.choice(["star", "streak", "noise"]))
         planes, sigma = _artifact(p, rng, sub)
         truth.update(artifact=sub, hlr_px=p.psf_fwhm_px / 2.0, axis_ratio=1.0, inclination_deg=None)
-        apparent_incl, q = 0.0, 1.0
+        q = 1.0
     else:
         bulge_class = str(rng.choice(list(BULGE_CLASSES)))
         bulge_fraction = rng.uniform(*BULGE_CLASSES[bulge_class])
@@ -166,36 +217,44 @@ def render_morphology(seed: int, *, kind: str | None = None) -> scenes.Scene:
             truth["bar_shape"] = dict(zip(("fraction", "hlr_px", "axis_ratio", "angle_deg"),
                                           bar_shape))
         q = float(intrinsic_axis_ratio(p.inclination_deg, p.h_over_r))
-        apparent_incl = p.inclination_deg
         truth.update(inclination_deg=p.inclination_deg, axis_ratio=q, hlr_px=syn._EXP_HLR * r_s,
                      scale_radius_px=r_s, spiral_amplitude=p.spiral_amplitude,
                      knot_fraction=p.knot_fraction)
     if kind != "artifact":
         sigma = scenes.noise_sigma(planes[..., 1], p.snr)
-    field, _ = scenes.field_stars(p, rng, chance=0.3)
-    planes = planes + field
-
-    # How plainly the features show: arms fade as cos i, a big bulge outshines both.
+    # What the volunteers see: the galaxy alone, at the served size, against the noise.
+    seen = what_shows(planes[..., 1], sigma, p, served_size, truth["hlr_px"])
+    apparent_incl = float(inclination_from_axis_ratio(seen["apparent_axis_ratio"]))
+    # Arms fade as cos i (of the apparent shape), a big bulge outshines arms and bars.
     cos_i = math.cos(math.radians(apparent_incl))
     disk_share = float(np.clip((1.0 - bulge_fraction) / 0.6, 0.0, 1.0))
+    # The galaxy as a whole shows once it spans a few pixels above the noise; arms and
+    # bars need it resolved into several PSF widths and spread over more pixels.
+    extent = float(np.clip((seen["visible_radius_px"] - 1.5) / 5.0, 0.0, 1.0))
+    detail = extent * float(np.clip((seen["resolution"] - 1.5) / 3.0, 0.0, 1.0))
+    if kind == "artifact":
+        extent = detail = float(np.clip(math.log(p.snr / 20.0) / math.log(15.0), 0.0, 1.0))
     spiral_visibility = (
-        float(np.clip(p.spiral_amplitude * cos_i / 0.3, 0, 1)) * disk_share if spiral else 0.0
+        float(np.clip(p.spiral_amplitude * cos_i / 0.3, 0, 1)) * disk_share * detail
+        if spiral else 0.0
     )
-    # Volunteers need S/N (integrated, so big faint galaxies are hard too) and size.
-    q_snr = np.clip(math.log(p.snr / 20.0) / math.log(15.0), 0.0, 1.0)
-    q_size = 1.0 if kind == "artifact" else np.clip((truth["hlr_px"] / side - 0.04) / 0.11, 0, 1)
     truth.update(
         pa_deg=p.pa_deg % 180.0, bulge_fraction=bulge_fraction, spiral=spiral, bar=bar,
-        apparent_inclination_deg=apparent_incl, spiral_visibility=spiral_visibility,
-        bar_visibility=float(np.clip(cos_i / 0.5, 0, 1)) * disk_share if bar else 0.0,
-        quality=float(q_snr * q_size),
+        served_size=served_size, **seen, apparent_inclination_deg=apparent_incl,
+        spiral_visibility=spiral_visibility,
+        bar_visibility=float(np.clip(cos_i / 0.5, 0, 1)) * disk_share * detail if bar else 0.0,
+        quality=extent,
     )
+    field, _ = scenes.field_stars(p, rng, chance=0.3)
+    planes = planes + field
+    # The answers the truth gives (what a volunteer with a perfect view would say).
+    truth_incl = truth["inclination_deg"] if kind in ("disk", "edge_on") else 0.0
     truth["answers"] = {
         "smooth-or-featured": {"elliptical": "smooth", "artifact": "artifact"}.get(
             kind, "featured-or-disk"
         ),
         "how-rounded": _classify(q, ROUNDED_EDGES, ["cigar-shaped", "in-between", "round"]),
-        "disk-edge-on": "yes" if apparent_incl >= EDGE_ON_DEG else "no",
+        "disk-edge-on": "yes" if truth_incl >= EDGE_ON_DEG else "no",
         "has-spiral-arms": "yes" if spiral else "no",
         "bar": "yes" if bar else "no",
         "bulge-size": _classify(bulge_fraction, BULGE_EDGES, list(BULGE_CLASSES)),
@@ -216,9 +275,11 @@ def _perceived(value: float, sigma: float, edges: tuple[float, ...]) -> np.ndarr
 def answer_probabilities(truth: dict[str, Any]) -> dict[str, np.ndarray]:
     """Chance of each answer of each question for one volunteer who is asked it.
 
-    Volunteers see less in faint, small galaxies (``truth["quality"]`` 0–1): featured
-    galaxies then look smooth, arms and bars go unseen, shapes and bulges blur into
-    neighbouring classes.
+    Everything but the kind of object comes from what the image shows
+    (:func:`what_shows`): volunteers see less of a galaxy that covers few pixels above
+    the noise (``truth["quality"]`` 0–1): featured galaxies then look smooth, shapes
+    and bulges blur into neighbouring classes; roundness and edge-on are judged from
+    the apparent axis ratio; arms and bars from their visibility at the served size.
     """
     qual, kind = truth["quality"], truth["answers"]["smooth-or-featured"]
     lost = 1.0 - qual
@@ -231,11 +292,11 @@ def answer_probabilities(truth: dict[str, Any]) -> dict[str, np.ndarray]:
     else:
         artifact = 0.8 + 0.15 * qual
         root = [0.7 * (1 - artifact), 0.3 * (1 - artifact), artifact]
-    rounded = _perceived(truth["axis_ratio"], 0.06 + 0.12 * lost, ROUNDED_EDGES)[::-1]
+    rounded = _perceived(truth["apparent_axis_ratio"], 0.06 + 0.12 * lost, ROUNDED_EDGES)[::-1]
     seen_sigma = 3.0 + 9.0 * lost  # degrees of error in a volunteer's idea of the inclination
     edge_on_yes = float(_phi((truth["apparent_inclination_deg"] - EDGE_ON_DEG) / seen_sigma))
-    spiral_yes = 0.05 + 0.9 * qual * truth["spiral_visibility"]
-    bar_yes = 0.04 + 0.85 * qual * truth["bar_visibility"]
+    spiral_yes = 0.05 + 0.9 * truth["spiral_visibility"]
+    bar_yes = 0.04 + 0.85 * truth["bar_visibility"]
     bulge = _perceived(truth["bulge_fraction"], 0.05 + 0.1 * lost, BULGE_EDGES)
     return {
         "smooth-or-featured": np.array(root),
@@ -285,7 +346,7 @@ def expected_fractions(truth: dict[str, Any]) -> np.ndarray:
 
 def _morphology_example(seed: int, _: Any,
                         options: dict[str, Any]) -> tuple[bytes, np.ndarray, dict[str, Any]]:
-    scene = render_morphology(seed)
+    scene = render_morphology(seed, served_size=options["served_size"])
     votes = simulate_votes(scene.truth, volunteers=options["volunteers"], seed=seed)
     return encode_png(scene.image), votes, scene.truth
 
@@ -311,7 +372,9 @@ def morphology_set(n: int, *, seed: int, spec: InputSpec, volunteers: int = 40,
         raise ValueError(f"At least one volunteer is needed, not {volunteers}.")
     names = get_task_definition("morphology").output_names
     x, y, truths, seconds = render_examples(_morphology_example, n, seed=seed, spec=spec,
-                                            workers=workers, options={"volunteers": volunteers})
+                                            workers=workers,
+                                            options={"volunteers": volunteers,
+                                                     "served_size": spec.size})
     description = scenes.scene_description("morphology", n, seed, spec, workers, truths, seconds)
     kinds = [t["kind"] for t in truths]
     description.update(
@@ -319,6 +382,8 @@ def morphology_set(n: int, *, seed: int, spec: InputSpec, volunteers: int = 40,
         kinds={k: kinds.count(k) for k in MORPHOLOGY_KINDS},
         votes_per_answer={name: int(v) for name, v in zip(names, y.sum(axis=0))},
         volunteer_model="services.trainer.data.morphology.answer_probabilities",
+        volunteers_see=f"the galaxy at the served {spec.size} px: pixels above "
+                       f"{SEEN_SIGMAS:g} sigma, their axis ratio, its resolution (what_shows)",
     )
     ids = [f"morphology-{seed}-{i:06d}" for i in range(n)]
     return LabelledSet(x=x, y=y.astype(np.int32), ids=ids, truth=truths,

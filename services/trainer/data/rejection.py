@@ -1,12 +1,26 @@
 """Rejection scenes: a disk galaxy and, drawn independently, every reason to reject it.
 
-A disk galaxy at any inclination 0–90° (``face_on`` = inclination < 45°) and, drawn
-independently, a bright saturated star with diffraction spikes near or over it, a
-second galaxy of comparable size clearly apart from it, a very low S/N, or the
-galaxy's centre placed so that at least :data:`EDGE_CUT_FRACTION` of its light falls
-outside the frame. Negatives may hold faint field stars and tiny background
-galaxies, so "a star" or "another blob" alone is no reason. The source ``rejection``
-of a recipe builds the three splits (:func:`splits`).
+A disk galaxy at any inclination and, drawn independently, a bright saturated star
+with diffraction spikes near or over it, a second galaxy of comparable size clearly
+apart from it, a very low S/N, or the galaxy's centre placed so that at least
+:data:`EDGE_CUT_FRACTION` of its light falls outside the frame. Negatives may hold
+faint field stars and tiny background galaxies, so "a star" or "another blob" alone
+is no reason. The source ``rejection`` of a recipe builds the three splits
+(:func:`splits`).
+
+A reason is what a person looking at the image could say, so a label never asks for
+what the image cannot show (scenes version 2; these cost every reason of the v3 model
+its precision or recall):
+
+- **gaps around the thresholds** — inclinations are drawn outside 40–50° (face-on
+  below 45°), S/N outside 10–40 (too faint below), and a galaxy moved to an edge has
+  either at most :data:`EDGE_CLEAR_FRACTION` or at least :data:`EDGE_CUT_FRACTION` of
+  its light outside: nobody tells 44° from 46° by eye;
+- **a too-faint galaxy shows nothing else** — a low-S/N scene gets no second galaxy
+  and no edge cut, and is never called face-on (its shape cannot be seen), nor is a
+  galaxy with at least :data:`SHAPE_HIDDEN_FRACTION` of its light outside the frame;
+- **a bright star is bright** — at least as bright as the galaxy, and never below
+  :data:`STAR_MIN_SNR` against the noise, whatever the galaxy's S/N.
 """
 
 from __future__ import annotations
@@ -37,17 +51,26 @@ from services.trainer.data.render import (
 from shared.registry import InputSpec
 from shared.taskdefs import TaskDefinition, get_task_definition
 
-__all__ = ["REASONS", "REJECTION_RATES", "EDGE_CUT_FRACTION", "SourceParams", "render_rejection",
+__all__ = ["REASONS", "REJECTION_RATES", "EDGE_CUT_FRACTION", "EDGE_CLEAR_FRACTION",
+           "FACE_ON_GAP_DEG", "SHAPE_HIDDEN_FRACTION", "SourceParams", "render_rejection",
            "render_rejection_png", "rejection_set", "splits"]
 
 REASONS = ("face_on", "bright_star", "multiple_galaxies", "low_snr", "edge_cut")
 # Chance that a scene is built with each reason (face_on comes from inclination ~ U(0, 90)).
 REJECTION_RATES = {"bright_star": 0.2, "multiple_galaxies": 0.2, "low_snr": 0.2, "edge_cut": 0.22}
-# A galaxy is "cut by the edge" when at least this share of its light is outside the frame.
-EDGE_CUT_FRACTION = 0.2
+# A galaxy is "cut by the edge" when at least this share of its light is outside the
+# frame; one moved to an edge without being cut keeps at most EDGE_CLEAR_FRACTION out.
+EDGE_CUT_FRACTION = 0.25
+EDGE_CLEAR_FRACTION = 0.1
+# Face-on is below 45 degrees; no scene is drawn inside this band around it.
+FACE_ON_GAP_DEG = (40.0, 50.0)
+# With this share of its light outside the frame, a galaxy's shape cannot be judged.
+SHAPE_HIDDEN_FRACTION = 0.5
 # Integrated r-band S/N: "too faint or noisy" below, fine above; the gap keeps labels clear.
-LOW_SNR_RANGE = (4.0, 12.0)
-GOOD_SNR_RANGE = (30.0, 800.0)
+LOW_SNR_RANGE = (4.0, 10.0)
+GOOD_SNR_RANGE = (40.0, 800.0)
+# A "bright star" stands this far above the noise (integrated S/N) even in a faint image.
+STAR_MIN_SNR = 80.0
 
 
 class SourceParams(BaseModel):
@@ -118,26 +141,39 @@ def render_rejection(
     """
     rates = {**REJECTION_RATES, **(rates or {})}
     rng = np.random.default_rng([seed, 11])
+    lo, hi = FACE_ON_GAP_DEG
     if reasons is None:
         want = {r: bool(rng.random() < rates[r]) for r in REJECTION_RATES}
-        inclinations = (0.0, 90.0)
+        # U(0, 90) outside the gap: the side first, in proportion to its width.
+        inclinations = (0.0, lo) if rng.random() < lo / (lo + 90.0 - hi) else (hi, 90.0)
+        if want["low_snr"]:  # nothing else about a too-faint galaxy can be seen
+            want.update(multiple_galaxies=False, edge_cut=False)
     else:
         unknown = set(reasons) - set(REASONS) - {"reject"}
         if unknown:
             raise ValueError(f"Unknown rejection reasons {sorted(unknown)}; use {list(REASONS)}.")
+        if "low_snr" in reasons and set(reasons) & {"face_on", "multiple_galaxies", "edge_cut"}:
+            raise ValueError("A too-faint galaxy shows no other reason but a bright star; "
+                             f"{sorted(reasons)} cannot all be seen in one image.")
         want = {r: r in reasons for r in REJECTION_RATES}
-        inclinations = (0.0, 45.0) if "face_on" in reasons else (45.0, 90.0)
+        inclinations = (0.0, lo) if "face_on" in reasons else (hi, 90.0)
     p = sample_params(seed, inclination_range=inclinations)
     snr_range = LOW_SNR_RANGE if want["low_snr"] else GOOD_SNR_RANGE
     p = replace(p, star=False, snr=scenes.loguniform(rng, *snr_range))
 
     outside: float | None = None  # only measured where the galaxy was moved to an edge
     if want["edge_cut"]:
-        for attempt in range(5):
-            depth = rng.uniform(-1.0, 1.5) if attempt < 4 else -0.5
+        # A forced face-on scene keeps its shape in view; a random one may be either
+        # clearly cut or clearly not, never in between.
+        shape_kept = reasons is not None and "face_on" in reasons
+        for attempt in range(12):
+            depth = rng.uniform(0.1, 0.6) if shape_kept else rng.uniform(-1.0, 1.5)
+            if attempt == 11 and not shape_kept:
+                depth = -0.5
             moved = _at_edge(p, rng, depth)
             planes, outside = _planes_with_outside(moved)
-            if outside >= EDGE_CUT_FRACTION or reasons is None:
+            cut = EDGE_CUT_FRACTION <= outside < (SHAPE_HIDDEN_FRACTION if shape_kept else 1.1)
+            if cut or (reasons is None and outside <= EDGE_CLEAR_FRACTION):
                 break
         p = moved
     else:
@@ -184,7 +220,8 @@ def render_rejection(
         angle, dist = rng.uniform(0, 2 * math.pi), rng.uniform(0.3, 4.0) * p.scale_radius_px
         sx = float(np.clip(gx + dist * math.cos(angle), 0.03 * p.width, 0.97 * (p.width - 1)))
         sy = float(np.clip(gy + dist * math.sin(angle), 0.03 * p.height, 0.97 * (p.height - 1)))
-        flux = scenes.loguniform(rng, 0.5, 5.0)
+        # At least as bright as the galaxy, and plainly above the noise in a faint image.
+        flux = max(scenes.loguniform(rng, 1.0, 6.0), STAR_MIN_SNR / p.snr)
         # The detector saturates a little above the galaxy's peak; the star far above it.
         full_well = float(planes[..., 1].max()) * scenes.loguniform(rng, 1.5, 5.0)
         planes = planes + scenes.star_planes(p, sx, sy, flux, spikes=True, full_well=full_well)
@@ -193,8 +230,9 @@ def render_rejection(
                          "distance_px": math.hypot(sx - gx, sy - gy),
                          "peak_over_full_well": flux * 2.0 / (math.pi * alpha**2) / full_well}
     truth.update(n_field_stars=n_field, n_background_galaxies=n_tiny)
+    shape_seen = not want["low_snr"] and (outside is None or outside < SHAPE_HIDDEN_FRACTION)
     labels = {
-        "face_on": p.inclination_deg < 45.0,
+        "face_on": shape_seen and p.inclination_deg < 45.0,
         "bright_star": want["bright_star"],
         "multiple_galaxies": want["multiple_galaxies"],
         "low_snr": want["low_snr"],
@@ -248,9 +286,13 @@ def rejection_set(n: int, *, seed: int, spec: InputSpec, workers: int = 1,
                                             workers=workers, options=options)
     description = scenes.scene_description("rejection", n, seed, spec, workers, truths, seconds)
     description.update(
-        rates=options["rates"], edge_cut_fraction=EDGE_CUT_FRACTION, face_on_below_deg=45.0,
-        inclination_range_deg=[0.0, 90.0], low_snr_range=list(LOW_SNR_RANGE),
-        good_snr_range=list(GOOD_SNR_RANGE),
+        rates=options["rates"], edge_cut_fraction=EDGE_CUT_FRACTION,
+        edge_clear_fraction=EDGE_CLEAR_FRACTION, face_on_below_deg=45.0,
+        inclination_range_deg=[0.0, 90.0], inclination_gap_deg=list(FACE_ON_GAP_DEG),
+        shape_hidden_fraction=SHAPE_HIDDEN_FRACTION, low_snr_range=list(LOW_SNR_RANGE),
+        good_snr_range=list(GOOD_SNR_RANGE), star_min_snr=STAR_MIN_SNR,
+        label_rules="services.trainer.data.rejection (module docstring): reasons a person "
+                    "could see; gaps around every threshold",
         positives={name: int(y[:, j].sum()) for j, name in enumerate(names)},
     )
     ids = [f"rejection-{seed}-{i:06d}" for i in range(n)]

@@ -26,7 +26,7 @@ from shared.registry import InputSpec
 __all__ = ["SCENES_VERSION", "STAR_COLOUR", "Scene", "loguniform", "centre", "observe",
            "noise_sigma", "star_planes", "field_stars", "companion", "scene_description"]
 
-SCENES_VERSION = 1
+SCENES_VERSION = 2
 STAR_COLOUR = np.array([0.9, 1.0, 1.05])
 
 
