@@ -89,8 +89,27 @@ def test_colour_and_grey_pairs(small_csv: Path) -> None:
     np.testing.assert_array_equal(again.x, ds.x)
 
 
+def test_balanced_copies_give_rare_classes_more_views() -> None:
+    counts = {"galaxy": 100, "open_cluster": 25, "reflection_nebula": 3, "dark_nebula": 0}
+    got = photos.balanced_copies(counts, 4, 32)
+    assert got == {"galaxy": 4, "open_cluster": 16, "reflection_nebula": 32}
+    assert photos.balanced_copies(counts, 4, 2)["reflection_nebula"] == 4  # never below copies
+
+
+def test_balanced_photo_set(small_csv: Path) -> None:
+    ds = photos.photo_set("train", spec=SPEC, seed=0, copies=1, balance=True, max_copies=3,
+                          csv_path=small_csv)
+    per_class = ds.description["copies_per_class"]
+    views = {}
+    for truth in ds.truth:
+        views[truth["file"]] = max(views.get(truth["file"], -1), truth["copy"])
+    for truth in ds.truth:  # every photo has exactly its class's number of copies
+        assert views[truth["file"]] + 1 == per_class[truth["label"]]
+    assert max(per_class.values()) <= 3 and min(per_class.values()) >= 1
+
+
 def test_validation_split_is_not_augmented(small_csv: Path) -> None:
-    ds = photos.photo_set("val", spec=SPEC, seed=0, copies=5, csv_path=small_csv)
+    ds = photos.photo_set("val", spec=SPEC, seed=0, copies=5, balance=True, csv_path=small_csv)
     assert sorted(ds.ids) == ["m2.png#colour", "m2.png#grey", "n6543.png#colour", "n6543.png#grey"]
     assert ds.description["copies"] == 0
 

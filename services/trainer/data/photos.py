@@ -8,7 +8,9 @@ elsewhere, so this module never lists the photo folder — it reads exactly the 
 Every photo gives a colour and a greyscale example (the old nebula classifier flipped
 its answer between the two); training photos also give ``copies`` augmented pairs: any
 rotation, a mirror flip, a random crop keeping the aspect ratio (zoom 0.8–1.0),
-brightness, contrast and gamma, mild noise. Every example is encoded as PNG bytes and
+brightness, contrast and gamma, mild noise. With ``balance``, a photo of a rarer class
+gets more copies (:func:`balanced_copies`), so every class shows about as many
+different views as the commonest one does. Every example is encoded as PNG bytes and
 sent through :func:`shared.preprocessing.preprocess`, as served images are.
 
 Environment: ``SKYSERVE_DSO_CSV`` (path, default :data:`DEFAULT_CSV`) and
@@ -50,6 +52,7 @@ __all__ = [
     "catalog_warnings",
     "class_counts",
     "augment",
+    "balanced_copies",
     "SourceParams",
     "photo_set",
     "splits",
@@ -253,12 +256,26 @@ def _photo_examples(
     return arrays, ids, truths, None
 
 
+def balanced_copies(photo_counts: dict[str, int], copies: int, max_copies: int) -> dict[str, int]:
+    """Augmented pairs per photo of each class, so each class gets about as many as the
+    commonest (``copies`` per photo there), never fewer than ``copies`` nor more than
+    ``max_copies`` per photo (a class of two photos gains little from a hundred views)."""
+    present = {label: n for label, n in photo_counts.items() if n > 0}
+    if not present:
+        return {}
+    target, ceiling = copies * max(present.values()), max(copies, max_copies)
+    return {label: int(min(ceiling, max(copies, math.ceil(target / n))))
+            for label, n in present.items()}
+
+
 def photo_set(
     split: Literal["train", "val"],
     *,
     spec: InputSpec,
     seed: int,
     copies: int = 4,
+    balance: bool = False,
+    max_copies: int = 32,
     csv_path: str | Path | None = None,
     photo_dir: str | Path | None = None,
     workers: int = 1,
@@ -276,6 +293,9 @@ def photo_set(
         Seeds the augmentations (per photo, so the result does not depend on ``workers``).
     copies
         Augmented colour+grey pairs per training photo (validation photos get none).
+    balance, max_copies
+        Give the photos of rarer classes more copies (:func:`balanced_copies`), at most
+        ``max_copies`` each.
     csv_path, photo_dir
         Override ``SKYSERVE_DSO_CSV`` / ``SKYSERVE_DSO_PHOTOS``.
     workers
@@ -314,7 +334,11 @@ def photo_set(
         else:
             usable.append(row)
     n_copies = copies if split == "train" else 0
-    jobs = [(asdict(r), str(folder), spec.model_dump(), n_copies, seed) for r in usable]
+    per_class = {r.label: n_copies for r in usable}
+    if balance and n_copies:
+        per_class = balanced_copies(Counter(r.label for r in usable), n_copies, max_copies)
+    jobs = [(asdict(r), str(folder), spec.model_dump(), per_class[r.label], seed)
+            for r in usable]
     if workers <= 1:
         results = [_photo_examples(job) for job in jobs]
     else:
@@ -342,8 +366,10 @@ def photo_set(
         "task": task.name, "source": "stellarium-data photos", "split": split,
         "csv": str(csv_file), "csv_sha256": hashlib.sha256(csv_file.read_bytes()).hexdigest(),
         "photo_dir": str(folder), "seed": seed, "copies": n_copies, "spec": spec.model_dump(),
+        "balance": bool(balance and n_copies), "max_copies": max_copies,
+        "copies_per_class": per_class,
         "photos": len(used), "examples": len(ids),
-        "examples_per_photo": 2 * (1 + n_copies),
+        "examples_per_photo": 2 * (1 + n_copies) if not (balance and n_copies) else None,
         "photo_class_counts": {label: int(photo_counts.get(label, 0)) for label in labels},
         "example_class_counts": {label: int(c) for label, c in
                                  zip(labels, np.bincount(y, minlength=len(labels)))},
@@ -365,6 +391,8 @@ class SourceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     copies: int = Field(default=4, ge=0)  # augmented colour+grey pairs per training photo
+    balance: bool = False  # rarer classes' photos get more copies (balanced_copies)
+    max_copies: int = Field(default=32, ge=0)  # ...at most this many per photo
     csv_path: Path | None = None  # default: SKYSERVE_DSO_CSV, else DEFAULT_CSV
     photo_dir: Path | None = None  # default: SKYSERVE_DSO_PHOTOS, else DEFAULT_PHOTOS
 
@@ -379,8 +407,9 @@ def splits(params: dict[str, Any], *, task: TaskDefinition, sizes: dict[str, int
     options = SourceParams.model_validate(params)
     where = {"csv_path": options.csv_path, "photo_dir": options.photo_dir}
     return Splits(
-        train=photo_set("train", spec=spec, seed=seed, copies=options.copies, workers=workers,
-                        task=task, **where) if train else None,
+        train=photo_set("train", spec=spec, seed=seed, copies=options.copies,
+                        balance=options.balance, max_copies=options.max_copies,
+                        workers=workers, task=task, **where) if train else None,
         val=None,
         test=photo_set("val", spec=spec, seed=seed, copies=0, workers=workers, task=task,
                        **where))
