@@ -65,7 +65,7 @@ class Checks(BaseModel):
 
     parity_images: int = Field(default=64, ge=1)  # held-out images Keras and ONNX must agree on
     parity_tolerance: float = Field(default=1e-4, ge=0)  # per element: tol + tol·|Keras|
-    bias_correction: bool = True  # regression: fit IncliNET's bias correction on validation
+    bias_correction: bool = True  # regression: try IncliNET's bias correction (kept if it helps)
     failures: int = Field(default=12, ge=0)  # worst examples in failures.png
 
 

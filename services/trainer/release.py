@@ -227,8 +227,9 @@ def _training_section(recipe: Recipe, task: TaskDefinition, run: RunFolder, data
             "metrics_on": f"{metrics['evaluated_on']} split ({len(test)} examples), served "
                           "path: shared.members.answer (ONNX members x test-time transforms x "
                           "MC samples with per-image masks -> shared.ensemble.summarize)",
-            "calibration_fit_on": ("validation set" if fits_calibration(task, recipe, data)
+            "calibration_fit_on": ("validation set" if fits_calibration(task, data)
                                    else None),
+            "bias_correction": metrics.get("bias_correction"),
             "parity_images": min(recipe.checks.parity_images, len(test)),
             "parity_tolerance": recipe.checks.parity_tolerance,
         },
@@ -240,9 +241,10 @@ def _training_section(recipe: Recipe, task: TaskDefinition, run: RunFolder, data
     }
 
 
-def fits_calibration(task: TaskDefinition, recipe: Recipe, data: Splits) -> bool:
-    """Whether the evaluation fits a calibration on validation (a regression's bias)."""
-    return task.kind == "regression" and recipe.checks.bias_correction and data.val is not None
+def fits_calibration(task: TaskDefinition, data: Splits) -> bool:
+    """Whether the evaluation fits a calibration on validation: a regression's error
+    model, and its bias correction where the recipe asks and it helps."""
+    return task.kind == "regression" and data.val is not None
 
 
 def release(
@@ -325,7 +327,8 @@ def release(
                          output=output_spec(task, members[0].models.mc), tta=recipe.tta)  # type: ignore[arg-type]
         manifest, metrics = evaluate(task, draft, onnx_ensemble(draft, staging, threads=threads),
                                      test, staging, val=val, failures=recipe.checks.failures,
-                                     calibrate=fits_calibration(task, recipe, splits))
+                                     calibrate=fits_calibration(task, splits),
+                                     bias=recipe.checks.bias_correction)
         metrics.update({"parity_max_abs_diff": parity, "n_train": run.state()["train"]["n"],
                         "n_val": len(val) if val is not None else 0, "n_test": len(test),
                         "evaluated_on": test.description.get("split", "test"),

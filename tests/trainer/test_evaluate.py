@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from services.trainer.evaluate.regression import (
+    bias_helps,
     by_bin,
     error_metrics,
     fit_bias,
@@ -31,6 +32,19 @@ def test_fit_bias_refuses_to_blow_up_a_model_that_ignores_its_input() -> None:
     calibration = fit_bias(truth, np.full_like(truth, 60.0))
     assert calibration.bias_m == 0.0
     assert calibration.bias_b == pytest.approx(float(np.mean(truth - 60.0)))
+
+
+def test_bias_correction_is_kept_only_where_it_helps_on_held_out_halves() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(45.0, 90.0, 400)
+    noise = rng.normal(0.0, 2.0, truth.size)
+    pulled = truth - (0.15 * truth - 10.0) + noise  # a real pull towards the middle
+    kept = bias_helps(truth, pulled)
+    assert kept["kept"] and kept["heldout_rms_with"] < kept["heldout_rms_without"] - 0.3
+    unbiased = truth + noise  # nothing to correct: a fit only chases noise
+    dropped = bias_helps(truth, unbiased)
+    assert not dropped["kept"]
+    assert dropped["heldout_rms_with"] >= dropped["heldout_rms_without"]
 
 
 def test_regression_metrics() -> None:

@@ -69,8 +69,12 @@ def test_the_default_recipe_rebuilds_the_committed_version(task: str) -> None:
             assert described[key] == value, key
     assert recipe.checks.parity_images == training["evaluation"]["parity_images"]
     assert recipe.checks.parity_tolerance == training["evaluation"]["parity_tolerance"]
-    assert recipe.checks.bias_correction == (manifest.calibration is not None) or \
-        manifest.output.activation != "tanh_range"
+    if manifest.output.activation == "tanh_range":  # a regression: error model always
+        assert manifest.calibration is not None and manifest.calibration.error_floor is not None
+        corrected = (manifest.calibration.bias_m, manifest.calibration.bias_b) != (0.0, 0.0)
+        assert corrected == (manifest.metrics.get("bias_correction") == "kept")
+        if not recipe.checks.bias_correction:
+            assert not corrected
     backbone = training.get("backbone")
     assert recipe.backbone == (backbone["task"] if backbone else None)
 

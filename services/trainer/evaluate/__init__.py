@@ -37,7 +37,7 @@ KINDS = {kind: f"services.trainer.evaluate.{kind}"
 
 def evaluate(task: TaskDefinition, manifest: Manifest, runners: Ensemble,
              test: LabelledSet, folder: Path, *, val: LabelledSet | None = None,
-             calibrate: bool = True, failures: int = 12,
+             calibrate: bool = True, bias: bool = False, failures: int = 12,
              max_batch_size: int = SERVE_BATCH) -> tuple[Manifest, dict[str, Any]]:
     """Metrics and plots of the served answers on ``test``; plots go into ``folder``.
 
@@ -49,10 +49,13 @@ def evaluate(task: TaskDefinition, manifest: Manifest, runners: Ensemble,
         The members as served: fused or one per member, in manifest order
         (:func:`services.trainer.export.onnx_ensemble`).
     val
-        The validation set: what the kind fits there (a regression's bias
-        correction, with ``calibrate``) is fitted on it, never on ``test``.
+        The validation set: what the kind fits there (a regression's error model,
+        with ``calibrate``) is fitted on it, never on ``test``.
     calibrate
         False evaluates ``manifest`` as it is (re-evaluating a published version).
+    bias
+        With ``calibrate``: also try a regression's bias correction, kept only where
+        it helps on held-out halves of ``val`` (:func:`.regression.bias_helps`).
 
     Returns
     -------
@@ -63,8 +66,8 @@ def evaluate(task: TaskDefinition, manifest: Manifest, runners: Ensemble,
     """
     if task.kind not in KINDS:
         raise ValueError(f"No evaluation for task kind {task.kind!r}.")
-    ctx = Context(task, manifest, runners, Path(folder), calibrate=calibrate, failures=failures,
-                  max_batch_size=max_batch_size)
+    ctx = Context(task, manifest, runners, Path(folder), calibrate=calibrate, bias=bias,
+                  failures=failures, max_batch_size=max_batch_size)
     manifest, metrics = importlib.import_module(KINDS[task.kind]).evaluate(ctx, test, val)
     metrics.update(ctx.info(), plots=ctx.plots)
     return manifest, metrics

@@ -168,8 +168,7 @@ def republish(task_name: str, version: int | None, *, models_dir: Path, workers:
     data = build_splits(recipe.data.source, recipe.data.params, task=task,
                         sizes=recipe.data.sizes, spec=input_spec(recipe), seed=recipe.seed,
                         workers=workers, train=False)
-    calibrate = task.kind == "regression" and recipe.checks.bias_correction \
-        and data.val is not None
+    calibrate = task.kind == "regression" and data.val is not None
     writer = RegistryWriter(Path(models_dir))
     new_version = writer.claim(task.name)
     staging = writer.stage(task.name)
@@ -181,6 +180,7 @@ def republish(task_name: str, version: int | None, *, models_dir: Path, workers:
                                           "metrics": {}, "created": datetime.now(UTC)})
         manifest, metrics = evaluate(task, draft, onnx_ensemble(draft, staging, threads=threads),
                                      data.test, staging, val=data.val, calibrate=calibrate,
+                                     bias=recipe.checks.bias_correction,
                                      failures=recipe.checks.failures)
         metrics.update({k: source.metrics[k] for k in ("parity_max_abs_diff", "n_train")
                         if k in source.metrics})
@@ -190,7 +190,8 @@ def republish(task_name: str, version: int | None, *, models_dir: Path, workers:
         training = {**source.training, "recipe": recipe.record(), "republished_from": {
             "version": source.version, "command": command,
             "note": "same member files; metrics measured as served by this command"
-                    + ("; bias correction and error model fitted on the validation set"
+                    + ("; error model (and a bias correction where the recipe asks and it "
+                       "helps on held-out validation halves) fitted on the validation set"
                        if calibrate else ""),
             "notes": notes}}
         training["evaluation"] = {

@@ -1,8 +1,10 @@
 """Regression: served values vs truth, IncliNET's bias correction, the axis-ratio baseline.
 
-The bias correction ``i_m − i_p = m·i_m + b`` is fitted on the validation set's
-served (uncorrected) answers, never on the test set, stored in the manifest and
-applied when serving. Metrics are those of the served, corrected answers on the
+The bias correction ``i_m − i_p = m·i_m + b``, where the recipe asks for it, is
+fitted on the validation set's served (uncorrected) answers, never on the test set,
+and kept only if it helps on held-out data: fitted on one half of the validation
+set it must lower the RMS on the other half, both ways round (:func:`bias_helps`).
+Kept, it is stored in the manifest and applied when serving. Metrics are those of the served, corrected answers on the
 test set, with and without the correction, per member and per bin of the range.
 Where the test set carries measured axis ratios (``truth["measured_axis_ratio"]``,
 the synthetic galaxies' test split), the classical estimate
@@ -28,7 +30,7 @@ from services.trainer.evaluate.served import Context
 from shared.ensemble import summarize
 from shared.registry import Calibration, Manifest
 
-__all__ = ["BASELINE_Q0", "BINS", "fit_bias", "fit_error", "error_metrics", "regression_metrics",
+__all__ = ["BASELINE_Q0", "BINS", "fit_bias", "bias_helps", "fit_error", "error_metrics", "regression_metrics",
            "by_bin", "evaluate"]
 
 BASELINE_Q0 = 0.2
@@ -49,6 +51,22 @@ def fit_bias(truth: np.ndarray, predicted: np.ndarray, *, max_abs_m: float = 0.5
     if not abs(m) <= max_abs_m:
         m, b = 0.0, float(np.mean(residual))
     return Calibration(bias_m=float(m), bias_b=float(b))
+
+
+def bias_helps(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Does the bias correction help on data it was not fitted on? Two-fold: fitted on
+    the even-indexed half it is applied to the odd one and back; kept when the pooled
+    held-out RMS goes down. Returns the verdict and both RMS figures."""
+    truth, predicted = np.asarray(truth, np.float64), np.asarray(predicted, np.float64)
+    halves = [np.arange(len(truth))[i::2] for i in (0, 1)]
+    corrected = predicted.copy()
+    for fit_on, apply_to in (halves, halves[::-1]):
+        c = fit_bias(truth[fit_on], predicted[fit_on])
+        corrected[apply_to] = (predicted[apply_to] + c.bias_b) / (1.0 - c.bias_m)
+    without = float(np.sqrt(np.mean((predicted - truth) ** 2)))
+    with_it = float(np.sqrt(np.mean((corrected - truth) ** 2)))
+    return {"kept": with_it < without, "heldout_rms_with": with_it,
+            "heldout_rms_without": without}
 
 
 def fit_error(residual: np.ndarray, spread: np.ndarray) -> tuple[float, float]:
@@ -123,7 +141,8 @@ def _baseline(test: LabelledSet, lo: float, hi: float) -> tuple[np.ndarray, np.n
 
 def evaluate(ctx: Context, test: LabelledSet,
              val: LabelledSet | None) -> tuple[Manifest, dict[str, Any]]:
-    """Fit the bias correction on ``val`` (when ``ctx.calibrate``), then measure ``test``.
+    """Fit the error model (and, with ``ctx.bias``, the bias correction where it helps) on
+    ``val`` when ``ctx.calibrate``, then measure ``test``.
 
     Returns the manifest carrying the calibration and the metrics; plots
     ``pred_vs_true.png``, ``residuals.png`` and ``failures.png`` go to ``ctx.folder``.
@@ -134,10 +153,15 @@ def evaluate(ctx: Context, test: LabelledSet,
     manifest = ctx.manifest
     uncalibrated = manifest.model_copy(update={"calibration": None})
     val_served = ctx.serve(val.x, uncalibrated) if val is not None else None
+    bias_check: dict[str, Any] | None = None
     if ctx.calibrate and val_served is not None:
         assert val is not None
         val_truth = np.asarray(val.y, np.float64)
-        calibration = fit_bias(val_truth, val_served.values[:, 0])
+        calibration = Calibration()  # no correction: i_p served as it is
+        if ctx.bias:
+            bias_check = bias_helps(val_truth, val_served.values[:, 0])
+            if bias_check["kept"]:
+                calibration = fit_bias(val_truth, val_served.values[:, 0])
         corrected = summarize(task, manifest.model_copy(update={"calibration": calibration}),
                               val_served.raw)
         a, k = fit_error(np.array([float(r.value) for r in corrected]) - val_truth,  # type: ignore[arg-type]
@@ -156,6 +180,12 @@ def evaluate(ctx: Context, test: LabelledSet,
         "rms_deg_uncalibrated": regression_metrics(truth, raw_pred)["rms_deg"],
         "mae_deg_uncalibrated": regression_metrics(truth, raw_pred)["mae_deg"],
     }
+    if bias_check is not None:
+        metrics.update(bias_correction="kept" if bias_check["kept"] else "dropped",
+                       bias_heldout_rms_with=bias_check["heldout_rms_with"],
+                       bias_heldout_rms_without=bias_check["heldout_rms_without"])
+    elif ctx.calibrate:
+        metrics["bias_correction"] = "not tried (recipe)"
     if manifest.calibration is not None:
         metrics.update(bias_m=manifest.calibration.bias_m, bias_b=manifest.calibration.bias_b)
         sigma = [r.summary.get("error") for r in served.results]  # type: ignore[union-attr]

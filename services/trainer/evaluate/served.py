@@ -66,9 +66,10 @@ def serve(task: TaskDefinition, manifest: Manifest, runners: Ensemble,
 class Context:
     """What one evaluation needs besides the data.
 
-    ``calibrate`` fits what the task kind fits on validation (a regression's bias
-    correction) into the manifest; False evaluates the manifest as it is (a
-    published version). Plots go into ``folder``.
+    ``calibrate`` fits what the task kind fits on validation (a regression's error
+    model) into the manifest; False evaluates the manifest as it is (a published
+    version). ``bias`` also tries a regression's bias correction, kept only where it
+    helps on held-out validation halves. Plots go into ``folder``.
     """
 
     task: TaskDefinition
@@ -76,6 +77,7 @@ class Context:
     runners: Ensemble
     folder: Path
     calibrate: bool = True
+    bias: bool = False
     failures: int = 12
     max_batch_size: int = SERVE_BATCH
     plots: list[str] = field(default_factory=list)
