@@ -344,6 +344,7 @@ def test_a_not_applicable_answer_is_flagged(page: Any, system: RunningSystem, tm
     incl = card.locator("[data-task=inclination]")
     assert "does not apply" in incl.inner_text() and "no disk galaxy" in incl.inner_text()
     assert "not applicable" in card.locator(".caveats").inner_text()
+    assert card.inner_text().count("no disk galaxy") == 1  # the reason is said once
 
 
 def test_model_card_pages(page: Any, system: RunningSystem) -> None:
@@ -353,7 +354,8 @@ def test_model_card_pages(page: Any, system: RunningSystem) -> None:
     page.wait_for_selector("#mc-use")
     text = page.locator("#view-models").inner_text()
     for part in ("Intended use", "Known limitations", "Held-out metrics", "Training data",
-                 "Licence and citation", "GalSim", "2.51°", "When an answer does not apply",
+                 "Licence and citation", "GalSim", f"{_served_rms():.2f}°",
+                 "When an answer does not apply",
                  "Truths within the stated ±1σ"):
         assert part in text, part
     plots = page.locator(".plots img")

@@ -225,7 +225,8 @@ export function caveats(job, defs) {
   const name = (t) => defs[t.task]?.title || words(t.task);
   for (const t of Object.values(tasks)) {
     if (t.applicable === false) {
-      out.push({ level: "bad", title: `${name(t)}: not applicable here`, text: t.reason || t.applicable_reason || "The service flagged this answer as not meaningful for this image." });
+      // The reason itself is shown once, in the task's own section.
+      out.push({ level: "bad", title: `${name(t)}: not applicable here`, text: "Its section below says why; do not use its value for this image." });
     }
   }
   // The catalogue's own type of a looked-up object (OpenNGC: G galaxy, GGroup, GPair…).
