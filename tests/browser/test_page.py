@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from shared.registry import RegistryReader
+from shared.settings import REPO_ROOT
 from tests.browser.conftest import PHONE, RunningSystem, output_dir
 from tests.helpers.images import ellipse, encode
 
@@ -38,6 +40,14 @@ def _fits(tmp_path: Path) -> Path:
     path = tmp_path / "disk.fits"
     fits.PrimaryHDU(flux).writeto(path)
     return path
+
+
+COMMITTED = RegistryReader(REPO_ROOT / "models")
+
+
+def _served_rms() -> float:
+    """The held-out RMS the serving inclination version's card must show."""
+    return float(COMMITTED.manifest("inclination").metrics["rms_deg"])
 
 
 def _open(page: Any, system: RunningSystem) -> None:
@@ -92,13 +102,10 @@ def test_png_upload_reads_every_answer(page: Any, system: RunningSystem, tmp_pat
     assert "unsupported" in object_type.inner_text()
     members = card.locator("[data-task=inclination] details.members")
     members.locator("summary").click()
-    assert members.locator("tbody tr").count() == 3
+    assert members.locator("tbody tr").count() == len(COMMITTED.manifest("inclination").members)
 
     assert _seen_image_loaded(card) == 256
-    from shared.registry import RegistryReader
-    from shared.settings import REPO_ROOT
-
-    latest = RegistryReader(REPO_ROOT / "models").latest("inclination")
+    latest = COMMITTED.latest("inclination")
     assert f"inclination v{latest}" in card.locator("footer").inner_text()
     json_link = card.locator("footer a", has_text="JSON").get_attribute("href")
     assert httpx.get(f"{system.url}/{json_link}", timeout=10).json()["id"] == job["id"]
@@ -359,10 +366,7 @@ def test_model_card_pages(page: Any, system: RunningSystem) -> None:
                  "Truths within the stated ±1σ"):
         assert part in text, part
     plots = page.locator(".plots img")
-    from shared.registry import RegistryReader
-    from shared.settings import REPO_ROOT
-
-    served = RegistryReader(REPO_ROOT / "models")
+    served = COMMITTED
     folder = served.version_dir("inclination", served.latest("inclination"))
     assert plots.count() == len(list(folder.glob("*.png"))) >= 2
     for i in range(plots.count()):
