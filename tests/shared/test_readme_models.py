@@ -86,3 +86,23 @@ def test_the_readme_row_quotes_the_latest_manifest(task: str) -> None:
         value = manifest.metrics[key]
         assert printed_matches(found.group(1), float(value)), (
             f"README {task}: {found.group(1)} for {key}, the manifest says {value}")
+
+
+def test_the_readme_rebuild_times_are_the_manifests() -> None:
+    """`make models`' time per task, as the README prints it, is each served version's
+    own measurement (``training.timings_s.total_s``; a republished version keeps the
+    timings of the run that trained its members), and the total is their sum."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "`make models` rebuilds all four" in text
+    paragraph = text.split("`make models` rebuilds all four", 1)[1].split("\n\n", 1)[0]
+    paragraph = " ".join(paragraph.split())
+    total = 0.0
+    for task in sorted(FIGURES):
+        minutes = COMMITTED.manifest(task).training["timings_s"]["total_s"] / 60.0
+        total += minutes
+        printed = re.search(rf"{task.replace('-', ' ')} ([\d.]+)", paragraph)
+        assert printed, f"the README should give {task}'s rebuild time: {paragraph}"
+        assert printed_matches(printed.group(1), minutes), (task, printed.group(1), minutes)
+    found = re.search(r"takes ([\d.]+) minutes", paragraph)
+    assert found, f"the README should give the total: {paragraph}"
+    assert printed_matches(found.group(1), total), (found.group(1), total)

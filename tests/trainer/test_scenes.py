@@ -174,11 +174,25 @@ def test_volunteers_answer_from_what_the_served_image_shows() -> None:
 
 
 def test_faint_galaxies_blur_the_votes() -> None:
-    truth = morphology.render_morphology(5, kind="disk").truth
+    # a disk that looks like one (arms, a bar or a flattened shape show)
+    truth = next(t for t in (morphology.render_morphology(s, kind="disk").truth
+                             for s in range(40)) if t["disk_look"] > 0.6)
     featured = MORPHOLOGY.output_names.index("smooth-or-featured:featured-or-disk")
     sharp = morphology.simulate_votes({**truth, "quality": 1.0}, volunteers=400, seed=1)
     faint = morphology.simulate_votes({**truth, "quality": 0.0}, volunteers=400, seed=1)
     assert sharp[featured] > faint[featured] + 100
+
+
+def test_a_featureless_round_disk_looks_smooth() -> None:
+    """Volunteers call a disk featured by what shows: a round disk with no arms or bar
+    showing gets mostly "smooth"; one with plain arms mostly "featured"."""
+    featured = MORPHOLOGY.output_names.index("smooth-or-featured:featured-or-disk")
+    disks = [morphology.render_morphology(s, kind="disk").truth for s in range(60)]
+    plain = [t for t in disks if t["disk_look"] == 0.0 and t["quality"] > 0.8]
+    armed = [t for t in disks if t["spiral_visibility"] > 0.8 and t["quality"] > 0.8]
+    assert plain and armed
+    assert all(morphology.expected_fractions(t)[featured] < 0.2 for t in plain)
+    assert all(morphology.expected_fractions(t)[featured] > 0.7 for t in armed)
 
 
 @pytest.mark.slow

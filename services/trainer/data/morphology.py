@@ -11,8 +11,10 @@ ratio and S/N, which a 64-pixel image barely shows):
   (:func:`what_shows`); its pixels above twice the noise there are what a volunteer
   sees: their extent (``visible_radius_px``) decides how sure the root answer and the
   shapes are, their second moments the apparent axis ratio (roundness and edge-on);
-- arms and bars need more: a galaxy resolved into several PSF widths at the served
-  size and seen over several pixels (``detail``);
+- arms and bars show by their own matched-filter S/N at the served size (the galaxy
+  minus its smooth version; the bar alone), once the galaxy is resolved there;
+- a galaxy is "featured" as far as it looks like a disk: arms or a bar that show, or
+  a flattened shape; a featureless round disk looks smooth, as it does to people;
 - each volunteer answers the root question and only the questions their own answers
   lead to.
 
@@ -121,25 +123,35 @@ def _artifact(p: GalaxyParams, rng: np.random.Generator, sub: str) -> tuple[np.n
     return planes, scenes.noise_sigma(planes[..., 1], p.snr)
 
 
-def what_shows(plane: np.ndarray, sigma: float, p: GalaxyParams, served_size: int,
-               hlr_px: float) -> dict[str, float]:
-    """What a volunteer can see of a noiseless galaxy ``plane`` at the served size.
-
-    The plane (r band, PSF-convolved) is box-reduced to the size the model is served
-    (the long side to ``served_size``), where the noise of ``sigma`` per native pixel
-    averages down. Returns the radius of the area above :data:`SEEN_SIGMAS` times that
-    noise (``visible_radius_px``, served pixels), the axis ratio of that area's light
-    (``apparent_axis_ratio``, 1 when fewer than 5 pixels show: a dot looks round) and
-    the half-light radius over the PSF's FWHM there (``resolution``; a served pixel
-    blurs as much as a FWHM of one pixel).
-    """
+def _served(plane: np.ndarray, p: GalaxyParams, served_size: int) -> tuple[np.ndarray, float]:
+    """``plane`` box-reduced to the served size (long side ``served_size``), and the factor
+    by which a native pixel's noise shrinks there."""
     from PIL import Image
 
     scale = served_size / max(p.width, p.height)
     size = (max(1, round(p.width * scale)), max(1, round(p.height * scale)))
-    small = np.asarray(Image.fromarray(plane.astype(np.float32), mode="F")
-                       .resize(size, Image.Resampling.BOX), dtype=np.float64)
-    seen = small > SEEN_SIGMAS * sigma * min(1.0, scale)
+    small = Image.fromarray(plane.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float64), min(1.0, scale)
+
+
+def what_shows(plane: np.ndarray, sigma: float, p: GalaxyParams, served_size: int,
+               hlr_px: float, *, arms: np.ndarray | None = None,
+               bar: np.ndarray | None = None) -> dict[str, float]:
+    """What a volunteer can see of a noiseless galaxy at the served size.
+
+    ``plane`` (the r band, PSF-convolved) is box-reduced to the size the model is
+    served (the long side to ``served_size``), where the noise of ``sigma`` per native
+    pixel averages down. Returns the radius of the area above :data:`SEEN_SIGMAS` times
+    that noise (``visible_radius_px``, served pixels), the axis ratio of that area's
+    light (``apparent_axis_ratio``, 1 when fewer than 5 pixels show: a dot looks round),
+    the half-light radius over the PSF's FWHM there (``resolution``; a served pixel
+    blurs as much as a FWHM of one pixel), and the matched-filter S/N at the served size
+    of the arms and knots (``arms``: the galaxy minus its smooth version) and of the bar
+    (``bar``): 0 where there are none.
+    """
+    small, shrink = _served(plane, p, served_size)
+    noise = sigma * shrink
+    seen = small > SEEN_SIGMAS * noise
     count = int(seen.sum())
     q_app = 1.0
     if count >= 5:
@@ -149,9 +161,16 @@ def what_shows(plane: np.ndarray, sigma: float, p: GalaxyParams, served_size: in
         cov = np.cov(np.stack([xs - mx, ys - my]), aweights=w)
         lo, hi = np.linalg.eigvalsh(cov + np.eye(2) / 12.0)  # a pixel has a width
         q_app = float(math.sqrt(max(lo, 0.0) / hi))
+    scale = served_size / max(p.width, p.height)
     psf = math.hypot(p.psf_fwhm_px * scale, 1.0)
+
+    def snr(part: np.ndarray | None) -> float:
+        if part is None:
+            return 0.0
+        return float(np.sqrt(np.sum(_served(part, p, served_size)[0] ** 2)) / noise)
+
     return {"visible_radius_px": math.sqrt(count / math.pi), "apparent_axis_ratio": q_app,
-            "resolution": hlr_px * scale / psf}
+            "resolution": hlr_px * scale / psf, "arms_snr": snr(arms), "bar_snr": snr(bar)}
 
 
 def render_morphology(seed: int, *, kind: str | None = None,
@@ -188,6 +207,8 @@ def render_morphology(seed: int, *, kind: str | None = None,
                              "colour": p.colour, "invert": p.invert, "width": p.width,
                              "height": p.height, "seed": int(seed), "artifact": None}
     spiral, bar, bulge_fraction = False, False, 0.0
+    arms_plane: np.ndarray | None = None
+    bar_plane: np.ndarray | None = None
     if kind == "elliptical":
         n = float(rng.choice([3.0, 3.5, 4.0]))
         hlr = side * scenes.loguniform(rng, 0.04, 0.14)
@@ -209,11 +230,16 @@ def render_morphology(seed: int, *, kind: str | None = None,
                     bulge_hlr_px=p.bulge_hlr_px * (1.0 + bulge_fraction),
                     spiral_amplitude=rng.uniform(0.4, 0.9) if spiral else 0.0)
         planes = galaxy_planes(p)
+        if spiral:  # what the arms and knots add to a smooth disk of the same light
+            smooth = galaxy_planes(replace(p, spiral_amplitude=0.0, knot_fraction=0.0))
+            arms_plane = planes[..., 1] - smooth[..., 1]
         bar = kind == "disk" and bool(rng.random() < 0.35)
         if bar:
             bar_shape = (rng.uniform(0.15, 0.3), r_s * rng.uniform(0.8, 1.3),
                          rng.uniform(0.15, 0.3), rng.uniform(0.0, 180.0))
-            planes = planes + _bar_planes(p, *bar_shape)
+            bar_part = _bar_planes(p, *bar_shape)
+            bar_plane = bar_part[..., 1]
+            planes = planes + bar_part
             truth["bar_shape"] = dict(zip(("fraction", "hlr_px", "axis_ratio", "angle_deg"),
                                           bar_shape))
         q = float(intrinsic_axis_ratio(p.inclination_deg, p.h_over_r))
@@ -223,27 +249,32 @@ def render_morphology(seed: int, *, kind: str | None = None,
     if kind != "artifact":
         sigma = scenes.noise_sigma(planes[..., 1], p.snr)
     # What the volunteers see: the galaxy alone, at the served size, against the noise.
-    seen = what_shows(planes[..., 1], sigma, p, served_size, truth["hlr_px"])
-    apparent_incl = float(inclination_from_axis_ratio(seen["apparent_axis_ratio"]))
-    # Arms fade as cos i (of the apparent shape), a big bulge outshines arms and bars.
+    seen = what_shows(planes[..., 1], sigma, p, served_size, truth["hlr_px"], arms=arms_plane,
+                      bar=bar_plane)
+    q_app = seen["apparent_axis_ratio"]
+    apparent_incl = float(inclination_from_axis_ratio(q_app))
     cos_i = math.cos(math.radians(apparent_incl))
-    disk_share = float(np.clip((1.0 - bulge_fraction) / 0.6, 0.0, 1.0))
-    # The galaxy as a whole shows once it spans a few pixels above the noise; arms and
-    # bars need it resolved into several PSF widths and spread over more pixels.
+    # The galaxy as a whole shows once it spans a few pixels above the noise.
     extent = float(np.clip((seen["visible_radius_px"] - 1.5) / 5.0, 0.0, 1.0))
-    detail = extent * float(np.clip((seen["resolution"] - 1.5) / 3.0, 0.0, 1.0))
     if kind == "artifact":
-        extent = detail = float(np.clip(math.log(p.snr / 20.0) / math.log(15.0), 0.0, 1.0))
-    spiral_visibility = (
-        float(np.clip(p.spiral_amplitude * cos_i / 0.3, 0, 1)) * disk_share * detail
-        if spiral else 0.0
-    )
+        extent = float(np.clip(math.log(p.snr / 20.0) / math.log(15.0), 0.0, 1.0))
+    # Arms and a bar show by their own S/N at the served size (8 unseen, 80 plain, on a
+    # log scale), once the galaxy is resolved, and less as the disk tilts away.
+    resolved = float(np.clip((seen["resolution"] - 1.0) / 2.0, 0.0, 1.0))
+    arms = _plainness(seen["arms_snr"]) * resolved * float(np.clip(cos_i / 0.3, 0.0, 1.0))
+    bar_seen = _plainness(seen["bar_snr"]) * resolved * float(np.clip(cos_i / 0.5, 0.0, 1.0))
+    # A disk looks like one by its features or by a flattened shape; a featureless,
+    # round disk looks smooth — and a flattened elliptical a little like a disk.
+    flatness = float(np.clip((0.75 - q_app) / 0.4, 0.0, 1.0))
+    if kind in ("disk", "edge_on"):
+        disk_look = max(arms, bar_seen, flatness)
+    else:
+        disk_look = 0.3 * float(np.clip((0.5 - q_app) / 0.2, 0.0, 1.0))
     truth.update(
         pa_deg=p.pa_deg % 180.0, bulge_fraction=bulge_fraction, spiral=spiral, bar=bar,
         served_size=served_size, **seen, apparent_inclination_deg=apparent_incl,
-        spiral_visibility=spiral_visibility,
-        bar_visibility=float(np.clip(cos_i / 0.5, 0, 1)) * disk_share * detail if bar else 0.0,
-        quality=extent,
+        spiral_visibility=arms, bar_visibility=bar_seen, disk_look=disk_look,
+        resolved=resolved, quality=extent,
     )
     field, _ = scenes.field_stars(p, rng, chance=0.3)
     planes = planes + field
@@ -262,6 +293,11 @@ def render_morphology(seed: int, *, kind: str | None = None,
     return scenes.Scene(image=scenes.observe(planes, p, sigma), truth=truth)
 
 
+def _plainness(snr: float) -> float:
+    """How plainly a feature of this matched-filter S/N shows: 0 below 8, 1 above 80."""
+    return float(np.clip(math.log10(max(snr, 1e-9) / 8.0), 0.0, 1.0))
+
+
 def _phi(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.vectorize(math.erf)(np.asarray(z) / math.sqrt(2.0)))
 
@@ -276,28 +312,30 @@ def answer_probabilities(truth: dict[str, Any]) -> dict[str, np.ndarray]:
     """Chance of each answer of each question for one volunteer who is asked it.
 
     Everything but the kind of object comes from what the image shows
-    (:func:`what_shows`): volunteers see less of a galaxy that covers few pixels above
-    the noise (``truth["quality"]`` 0–1): featured galaxies then look smooth, shapes
-    and bulges blur into neighbouring classes; roundness and edge-on are judged from
-    the apparent axis ratio; arms and bars from their visibility at the served size.
+    (:func:`what_shows`): a galaxy is "featured" as far as it looks like a disk (arms
+    or a bar that show, or a flattened shape; ``truth["disk_look"]``), and volunteers
+    see less of one that covers few pixels above the noise (``truth["quality"]`` 0–1):
+    it then looks smooth, shapes and bulges blur into neighbouring classes; roundness
+    and edge-on are judged from the apparent axis ratio; arms and bars from their S/N
+    at the served size.
     """
     qual, kind = truth["quality"], truth["answers"]["smooth-or-featured"]
     lost = 1.0 - qual
-    if kind == "smooth":
-        artifact, featured = 0.02 + 0.06 * lost, 0.06 + 0.04 * lost
-        root = [1.0 - artifact - featured, featured, artifact]
-    elif kind == "featured-or-disk":
-        featured, artifact = 0.3 + 0.65 * qual, 0.02 + 0.06 * lost
-        root = [1.0 - featured - artifact, featured, artifact]
-    else:
+    if kind == "artifact":
         artifact = 0.8 + 0.15 * qual
         root = [0.7 * (1 - artifact), 0.3 * (1 - artifact), artifact]
+    else:  # featured as far as it looks like a disk; smooth otherwise
+        artifact = 0.02 + 0.06 * lost
+        featured = 0.06 + 0.04 * lost + 0.85 * qual * truth["disk_look"]
+        root = [1.0 - featured - artifact, featured, artifact]
     rounded = _perceived(truth["apparent_axis_ratio"], 0.06 + 0.12 * lost, ROUNDED_EDGES)[::-1]
     seen_sigma = 3.0 + 9.0 * lost  # degrees of error in a volunteer's idea of the inclination
     edge_on_yes = float(_phi((truth["apparent_inclination_deg"] - EDGE_ON_DEG) / seen_sigma))
     spiral_yes = 0.05 + 0.9 * truth["spiral_visibility"]
     bar_yes = 0.04 + 0.85 * truth["bar_visibility"]
-    bulge = _perceived(truth["bulge_fraction"], 0.05 + 0.1 * lost, BULGE_EDGES)
+    # An unresolved bulge is judged more roughly than one spread over many pixels.
+    bulge_sigma = 0.05 + 0.1 * lost + 0.05 * (1.0 - truth["resolved"])
+    bulge = _perceived(truth["bulge_fraction"], bulge_sigma, BULGE_EDGES)
     return {
         "smooth-or-featured": np.array(root),
         "how-rounded": rounded,  # round, in-between, cigar-shaped
