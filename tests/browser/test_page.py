@@ -261,7 +261,7 @@ def test_phone_width_has_no_horizontal_overflow(
     card = _finished_card(page)
     card.locator("[data-task=inclination] details.members summary").click()
     _seen_image_loaded(card)
-    for hash_ in ("", "#/models/object-type/2", "#/batch", "#/models"):
+    for hash_ in ("", "#/models/object-type/4", "#/batch", "#/models"):
         if hash_:
             page.goto(f"{system.url}/{hash_}")
             page.wait_for_load_state("networkidle")
@@ -372,12 +372,12 @@ def test_model_card_pages(page: Any, system: RunningSystem) -> None:
     for i in range(plots.count()):
         plots.nth(i).scroll_into_view_if_needed()  # plots load lazily
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plots.nth(i).element_handle())
-    page.goto(f"{system.url}/#/models/object-type/2")
+    page.goto(f"{system.url}/#/models/object-type/4")
     page.wait_for_selector("#mc-limits")
     assert "reflection nebula, supernova remnant, protoplanetary nebula" in page.locator(
         "#view-models"
     ).inner_text()
-    page.goto(f"{system.url}/#/models/object-type/3")
+    page.goto(f"{system.url}/#/models/object-type/5")
     page.wait_for_selector("#mc-metrics")
     assert "Accuracy, supported classes" in page.locator("#view-models").inner_text()
 
@@ -446,7 +446,7 @@ def test_a_catalogued_nebula_gets_a_caveat_and_a_tree_names_its_parents(
 
 
 def test_model_card_metrics_show_every_value(page: Any, system: RunningSystem) -> None:
-    page.goto(f"{system.url}/#/models/morphology/2")
+    page.goto(f"{system.url}/#/models/morphology/3")
     page.wait_for_selector("#mc-members")
     table = page.locator("[aria-label='Held-out metrics']")
     text = table.inner_text()

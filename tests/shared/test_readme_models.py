@@ -88,6 +88,21 @@ def test_the_readme_row_quotes_the_latest_manifest(task: str) -> None:
             f"README {task}: {found.group(1)} for {key}, the manifest says {value}")
 
 
+def test_the_readme_rejection_row_quotes_the_weakest_reason() -> None:
+    """The rejection row's "every reason" figures are the lowest precision and recall
+    over the five reasons in the manifest (so no weak reason hides behind 'reject')."""
+    row = table_rows()["rejection"]
+    found = re.search(r"lowest per-reason precision ([\d.]+), lowest recall ([\d.]+)", row)
+    assert found, row
+    per_label = COMMITTED.manifest("rejection").metrics["per_label"]
+    reasons = [label for label in per_label if label != "reject"]
+    assert len(reasons) == 5
+    lowest = (min(per_label[r]["precision"] for r in reasons),
+              min(per_label[r]["recall"] for r in reasons))
+    for printed, value in zip(found.groups(), lowest):
+        assert printed_matches(printed, value), (printed, value)
+
+
 def test_the_readme_rebuild_times_are_the_manifests() -> None:
     """`make models`' time per task, as the README prints it, is each served version's
     own measurement (``training.timings_s.total_s``; a republished version keeps the

@@ -94,10 +94,12 @@ def test_balanced_copies_give_rare_classes_more_views() -> None:
     got = photos.balanced_copies(counts, 4, 32)
     assert got == {"galaxy": 4, "open_cluster": 16, "reflection_nebula": 32}
     assert photos.balanced_copies(counts, 4, 2)["reflection_nebula"] == 4  # never below copies
+    root = photos.balanced_copies(counts, 4, 32, power=0.5)  # 4 * sqrt(100 / n)
+    assert root == {"galaxy": 4, "open_cluster": 8, "reflection_nebula": 24}
 
 
 def test_balanced_photo_set(small_csv: Path) -> None:
-    ds = photos.photo_set("train", spec=SPEC, seed=0, copies=1, balance=True, max_copies=3,
+    ds = photos.photo_set("train", spec=SPEC, seed=0, copies=1, balance=1.0, max_copies=3,
                           csv_path=small_csv)
     per_class = ds.description["copies_per_class"]
     views = {}
@@ -109,7 +111,7 @@ def test_balanced_photo_set(small_csv: Path) -> None:
 
 
 def test_validation_split_is_not_augmented(small_csv: Path) -> None:
-    ds = photos.photo_set("val", spec=SPEC, seed=0, copies=5, balance=True, csv_path=small_csv)
+    ds = photos.photo_set("val", spec=SPEC, seed=0, copies=5, balance=1.0, csv_path=small_csv)
     assert sorted(ds.ids) == ["m2.png#colour", "m2.png#grey", "n6543.png#colour", "n6543.png#grey"]
     assert ds.description["copies"] == 0
 

@@ -165,6 +165,15 @@ def class_counts(split: str | None = None, *, csv_path: str | Path | None = None
     return {label: int(counts.get(label, 0)) for label in labels}
 
 
+def _portable(path: Path) -> str:
+    """``path`` as the manifest records it: relative to the repository when it sits
+    beside it (the team's ``../shared``), so no manifest names one machine's folders."""
+    try:
+        return os.path.relpath(Path(path).resolve(), REPO_ROOT.resolve())
+    except ValueError:  # another drive (Windows): nothing relative to say
+        return str(path)
+
+
 def _read_photo(path: Path) -> bytes:
     """The one place a photo is read (tests instrument it)."""
     return path.read_bytes()
@@ -256,15 +265,19 @@ def _photo_examples(
     return arrays, ids, truths, None
 
 
-def balanced_copies(photo_counts: dict[str, int], copies: int, max_copies: int) -> dict[str, int]:
-    """Augmented pairs per photo of each class, so each class gets about as many as the
-    commonest (``copies`` per photo there), never fewer than ``copies`` nor more than
-    ``max_copies`` per photo (a class of two photos gains little from a hundred views)."""
+def balanced_copies(photo_counts: dict[str, int], copies: int, max_copies: int,
+                    power: float = 1.0) -> dict[str, int]:
+    """Augmented pairs per photo of each class: ``copies · (n_max / n)^power`` for a class
+    of ``n`` photos (``n_max`` the commonest's), never fewer than ``copies`` nor more
+    than ``max_copies`` (a class of two photos gains little from a hundred views).
+    ``power`` 1 gives every class about as many views as the commonest; 0.5 (square
+    root) leaves some of the catalogue's own class frequencies, which the served photos
+    share."""
     present = {label: n for label, n in photo_counts.items() if n > 0}
     if not present:
         return {}
-    target, ceiling = copies * max(present.values()), max(copies, max_copies)
-    return {label: int(min(ceiling, max(copies, math.ceil(target / n))))
+    most, ceiling = max(present.values()), max(copies, max_copies)
+    return {label: int(min(ceiling, max(copies, math.ceil(copies * (most / n) ** power - 1e-9))))
             for label, n in present.items()}
 
 
@@ -274,7 +287,7 @@ def photo_set(
     spec: InputSpec,
     seed: int,
     copies: int = 4,
-    balance: bool = False,
+    balance: float = 0.0,
     max_copies: int = 32,
     csv_path: str | Path | None = None,
     photo_dir: str | Path | None = None,
@@ -294,8 +307,8 @@ def photo_set(
     copies
         Augmented colour+grey pairs per training photo (validation photos get none).
     balance, max_copies
-        Give the photos of rarer classes more copies (:func:`balanced_copies`), at most
-        ``max_copies`` each.
+        Give the photos of rarer classes more copies (:func:`balanced_copies` with
+        ``power=balance``; 0: none), at most ``max_copies`` each.
     csv_path, photo_dir
         Override ``SKYSERVE_DSO_CSV`` / ``SKYSERVE_DSO_PHOTOS``.
     workers
@@ -336,7 +349,8 @@ def photo_set(
     n_copies = copies if split == "train" else 0
     per_class = {r.label: n_copies for r in usable}
     if balance and n_copies:
-        per_class = balanced_copies(Counter(r.label for r in usable), n_copies, max_copies)
+        per_class = balanced_copies(Counter(r.label for r in usable), n_copies, max_copies,
+                                    power=balance)
     jobs = [(asdict(r), str(folder), spec.model_dump(), per_class[r.label], seed)
             for r in usable]
     if workers <= 1:
@@ -364,9 +378,9 @@ def photo_set(
     photo_counts = Counter(r.label for r in used)
     description = {
         "task": task.name, "source": "stellarium-data photos", "split": split,
-        "csv": str(csv_file), "csv_sha256": hashlib.sha256(csv_file.read_bytes()).hexdigest(),
+        "csv": _portable(csv_file), "csv_sha256": hashlib.sha256(csv_file.read_bytes()).hexdigest(),
         "photo_dir": str(folder), "seed": seed, "copies": n_copies, "spec": spec.model_dump(),
-        "balance": bool(balance and n_copies), "max_copies": max_copies,
+        "balance": balance if n_copies else 0.0, "max_copies": max_copies,
         "copies_per_class": per_class,
         "photos": len(used), "examples": len(ids),
         "examples_per_photo": 2 * (1 + n_copies) if not (balance and n_copies) else None,
@@ -391,7 +405,7 @@ class SourceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     copies: int = Field(default=4, ge=0)  # augmented colour+grey pairs per training photo
-    balance: bool = False  # rarer classes' photos get more copies (balanced_copies)
+    balance: float = Field(default=0.0, ge=0.0, le=1.0)  # rarer classes get more (power)
     max_copies: int = Field(default=32, ge=0)  # ...at most this many per photo
     csv_path: Path | None = None  # default: SKYSERVE_DSO_CSV, else DEFAULT_CSV
     photo_dir: Path | None = None  # default: SKYSERVE_DSO_PHOTOS, else DEFAULT_PHOTOS
