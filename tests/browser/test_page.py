@@ -329,8 +329,8 @@ def test_caveat_when_object_type_says_not_a_galaxy(page: Any, system: RunningSys
     job = _job(system, card.get_attribute("data-job"))
     top = job["result"]["tasks"]["object-type"]["value"]
     assert top != "galaxy", "the model takes the Lagoon Nebula for a galaxy"
-    caveat = card.locator(".caveats .notice").first
-    assert "not a galaxy" in caveat.inner_text() and top.replace("_", " ") in caveat.inner_text()
+    caveats = card.locator(".caveats").inner_text()
+    assert "not a galaxy" in caveats and top.replace("_", " ") in caveats, caveats
 
 
 def test_a_not_applicable_answer_is_flagged(page: Any, system: RunningSystem, tmp_path: Path) -> None:

@@ -73,14 +73,18 @@ def test_inclination_tiny_command_publishes_a_complete_verified_version(
     assert manifest.input.scaling == "unit" and manifest.input.input_name == "image"
     assert manifest.output.activation == "tanh_range"
     assert manifest.tta == ["identity", "rot90", "rot180", "rot270"]  # the recipe's
-    assert manifest.calibration is not None  # fitted on validation
-    assert {m.subset_seed for m in manifest.members} == {0, 1, 2}
-    assert all(m.subset_fraction == pytest.approx(0.67, abs=0.01) for m in manifest.members)
+    recipe = load_recipe("inclination", tiny=True)
+    assert {m.subset_seed for m in manifest.members} == set(range(recipe.fit.members))
+    assert all(m.subset_fraction == pytest.approx(recipe.fit.subset_fraction, abs=0.01)
+               for m in manifest.members)
     assert manifest.training["command"] == "skyserve-train inclination --tiny"
     assert manifest.training["library_versions"]["tf2onnx"]
-    # the default recipe fits no bias correction (it did not help on held-out galaxies)
-    assert manifest.training["evaluation"]["calibration_fit_on"] is None
-    assert manifest.calibration is None
+    # the error model is fitted on validation; the recipe asks for no bias correction
+    # (it did not help on held-out galaxies), so none is applied
+    assert manifest.training["evaluation"]["calibration_fit_on"] == "validation set"
+    assert manifest.calibration is not None and manifest.calibration.error_floor is not None
+    assert (manifest.calibration.bias_m, manifest.calibration.bias_b) == (0.0, 0.0)
+    assert metrics["bias_correction"] == "not tried (recipe)"
     for key in ("rms_deg", "mae_deg", "baseline_axis_ratio_rms_deg"):
         assert np.isfinite(manifest.metrics[key])
     assert set(metrics["members"]) == {m.name for m in manifest.members}
