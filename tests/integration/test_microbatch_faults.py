@@ -22,7 +22,7 @@ from shared.messages import PREDICT_TASK, PredictMessage
 from shared.schemas import TERMINAL_STATUSES, Job
 from tests.helpers.faults import Cluster, kill_tree, process_tree, running_cluster, wait_until
 from tests.helpers.images import png_bytes
-from tests.worker.onnx_models import publish, slow_model
+from tests.worker.onnx_models import publish, slow_iterations, slow_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -33,7 +33,8 @@ THREADS = {"pool": "threads", "concurrency": 8, "microbatch_max_size": 8}
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("slow-models")
-    publish(root, {"m0": lambda p: slow_model(p, iterations=400_000)}, tta=("identity",))
+    steps = slow_iterations(2.0, at_least=400_000)  # ~2 s a run, here and now
+    publish(root, {"m0": lambda p: slow_model(p, iterations=steps)}, tta=("identity",))
     return root
 
 

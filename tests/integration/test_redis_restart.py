@@ -26,7 +26,7 @@ from tests.helpers.faults import (
     zip_of_images,
 )
 from tests.helpers.images import png_bytes
-from tests.worker.onnx_models import publish, slow_model
+from tests.worker.onnx_models import publish, slow_iterations, slow_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -37,7 +37,8 @@ JOBS = 6
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
     root = tmp_path / "models"
-    publish(root, {"m0": lambda p: slow_model(p, iterations=300_000)}, tta=("identity",))
+    steps = slow_iterations(2.0, at_least=300_000)  # ~2 s a run, here and now
+    publish(root, {"m0": lambda p: slow_model(p, iterations=steps)}, tta=("identity",))
     return root
 
 

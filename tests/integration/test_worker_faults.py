@@ -34,7 +34,7 @@ from tests.helpers.faults import (
 )
 from tests.helpers.images import png_bytes
 from tests.helpers.live_server import serve
-from tests.worker.onnx_models import publish, slow_model
+from tests.worker.onnx_models import publish, slow_iterations, slow_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -44,7 +44,8 @@ ROWS = 24  # 6 chunks of 4
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("slow-models")
-    publish(root, {"m0": lambda p: slow_model(p, iterations=400_000)}, tta=("identity",))
+    steps = slow_iterations(2.0, at_least=400_000)  # ~2 s a run, here and now
+    publish(root, {"m0": lambda p: slow_model(p, iterations=steps)}, tta=("identity",))
     return root
 
 

@@ -157,6 +157,28 @@ def slow_model(path: Path, *, iterations: int, size: int = SIZE) -> None:
     _save(graph, path)
 
 
+def slow_iterations(seconds: float, *, at_least: int, probe: int = 100_000,
+                    size: int = SIZE) -> int:
+    """Loop steps for a :func:`slow_model` run of about ``seconds`` on this machine, now,
+    and never fewer than ``at_least``: a fixed count ran in 0.4 s on a quiet machine and
+    in 2 s on a busy one, and a test that must catch a run in progress needs the time."""
+    import tempfile
+    import time
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "probe.onnx"
+        slow_model(path, iterations=probe, size=size)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        image = np.zeros((1, size, size, 3), np.float32)
+        session.run(None, {"image": image})  # first run: allocations, not steps
+        started = time.perf_counter()
+        session.run(None, {"image": image})
+        took = max(time.perf_counter() - started, 1e-6)
+    return max(at_least, int(probe * seconds / took))
+
+
 def ramp_weights(scale: float, size: int = SIZE) -> np.ndarray:
     """Weights growing along rows and columns, so rot180 changes the weighted sum."""
     rows = np.linspace(-1.0, 1.0, size)[:, None, None]
