@@ -229,7 +229,6 @@ def _training_section(recipe: Recipe, task: TaskDefinition, run: RunFolder, data
                           "MC samples with per-image masks -> shared.ensemble.summarize)",
             "calibration_fit_on": ("validation set" if fits_calibration(task, data)
                                    else None),
-            "bias_correction": metrics.get("bias_correction"),
             "parity_images": min(recipe.checks.parity_images, len(test)),
             "parity_tolerance": recipe.checks.parity_tolerance,
         },

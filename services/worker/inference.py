@@ -11,16 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from services.worker.sessions import LoadedModel
-from shared.members import MemberRunner, answer
+from shared.members import answer
 from shared.schemas import TaskResult
 from shared.taskdefs import TaskDefinition
 
-__all__ = ["predict", "runners"]
-
-
-def runners(model: LoadedModel) -> list[MemberRunner]:
-    """The loaded members one by one as :class:`shared.members.MemberRunner`, in manifest order."""
-    return model.runners()
+__all__ = ["predict"]
 
 
 def predict(

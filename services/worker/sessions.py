@@ -322,28 +322,29 @@ class SessionCache:
             members.append(_bind(manifest, member, session, expected_columns))
             graphs.append(data)
         model = LoadedModel(manifest=manifest, members=tuple(members))
-        if self.fuse:
-            fused = fuse_version(
-                manifest,
-                [onnx.load_from_string(g) for g in graphs],
+        # Parsed once: fusing copies each member graph, it never edits them.
+        protos = [onnx.load_from_string(g) for g in graphs] if self.fuse else []
+
+        def fused(served: Manifest) -> FusedMembers | None:
+            """The members fused into one session that serves ``served``'s transforms
+            and samples (None when fusing is off or the graphs cannot be fused)."""
+            if not self.fuse:
+                return None
+            return fuse_version(
+                served,
+                protos,
                 lambda graph: ort.InferenceSession(graph, sess_options=options,
                                                    providers=self.providers),
                 model.runners(),
             )
-            model = LoadedModel(manifest=manifest, members=model.members, fused=fused)
+
+        model = replace(model, fused=fused(manifest))
         if task in self._evidence_tasks:
             cheap = evidence_manifest(manifest)
             # The fused graph makes its manifest's transforms and samples itself, so the
             # evidence pass (one view, one sample) gets a graph of its own.
-            cheap_fused = fuse_version(
-                cheap,
-                [onnx.load_from_string(g) for g in graphs],
-                lambda graph: ort.InferenceSession(graph, sess_options=options,
-                                                   providers=self.providers),
-                model.runners(),
-            ) if self.fuse else None
             model = replace(model, evidence_pass=LoadedModel(
-                manifest=cheap, members=model.members, fused=cheap_fused))
+                manifest=cheap, members=model.members, fused=fused(cheap)))
         logger.info(
             "Loaded %s v%d (%d members%s) on %s.",
             task,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.worker.inference import predict, runners
+from services.worker.inference import predict
 from services.worker.sessions import SessionCache
 from shared.errors import ModelIntegrityError
 from shared.members import run_members
@@ -72,8 +72,8 @@ def test_batch_size_does_not_change_the_answer(
 ) -> None:
     model = cache_for(registry_root).get("inclination")
 
-    one = run_members(model.manifest, runners(model), images, max_batch_size=1)
-    many = run_members(model.manifest, runners(model), images, max_batch_size=64)
+    one = run_members(model.manifest, model.runners(), images, max_batch_size=1)
+    many = run_members(model.manifest, model.runners(), images, max_batch_size=64)
 
     assert set(one) == {"m0", "m1"}
     for name in one:

@@ -9,7 +9,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from services.worker.inference import runners
 from services.worker.sessions import SessionCache
 from shared.errors import ModelIntegrityError
 from shared.members import run_members
@@ -76,7 +75,7 @@ def _model(root: Path):  # type: ignore[no-untyped-def]
 
 
 def _run(model, images: np.ndarray, max_batch_size: int = 64) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    return run_members(model.manifest, runners(model), images, max_batch_size=max_batch_size)
+    return run_members(model.manifest, model.runners(), images, max_batch_size=max_batch_size)
 
 
 def test_samples_vary_reproducibly_and_average_to_the_deterministic_output(registry_root: Path) -> None:

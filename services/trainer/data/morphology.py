@@ -124,14 +124,14 @@ def _artifact(p: GalaxyParams, rng: np.random.Generator, sub: str) -> tuple[np.n
 
 
 def _served(plane: np.ndarray, p: GalaxyParams, served_size: int) -> tuple[np.ndarray, float]:
-    """``plane`` box-reduced to the served size (long side ``served_size``), and the factor
-    by which a native pixel's noise shrinks there."""
+    """``plane`` box-reduced to the served size (long side ``served_size``), and the scale
+    from native to served pixels."""
     from PIL import Image
 
     scale = served_size / max(p.width, p.height)
     size = (max(1, round(p.width * scale)), max(1, round(p.height * scale)))
     small = Image.fromarray(plane.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.float64), min(1.0, scale)
+    return np.asarray(small, dtype=np.float64), scale
 
 
 def what_shows(plane: np.ndarray, sigma: float, p: GalaxyParams, served_size: int,
@@ -149,8 +149,8 @@ def what_shows(plane: np.ndarray, sigma: float, p: GalaxyParams, served_size: in
     of the arms and knots (``arms``: the galaxy minus its smooth version) and of the bar
     (``bar``): 0 where there are none.
     """
-    small, shrink = _served(plane, p, served_size)
-    noise = sigma * shrink
+    small, scale = _served(plane, p, served_size)
+    noise = sigma * min(1.0, scale)  # box-averaging shrinks the noise; upsizing does not
     seen = small > SEEN_SIGMAS * noise
     count = int(seen.sum())
     q_app = 1.0
@@ -161,7 +161,6 @@ def what_shows(plane: np.ndarray, sigma: float, p: GalaxyParams, served_size: in
         cov = np.cov(np.stack([xs - mx, ys - my]), aweights=w)
         lo, hi = np.linalg.eigvalsh(cov + np.eye(2) / 12.0)  # a pixel has a width
         q_app = float(math.sqrt(max(lo, 0.0) / hi))
-    scale = served_size / max(p.width, p.height)
     psf = math.hypot(p.psf_fwhm_px * scale, 1.0)
 
     def snr(part: np.ndarray | None) -> float:

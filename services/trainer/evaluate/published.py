@@ -153,7 +153,7 @@ def republish(task_name: str, version: int | None, *, models_dir: Path, workers:
     from services.trainer.evaluate import evaluate
     from services.trainer.export import onnx_ensemble
     from services.trainer.manifest import headline_metrics, write_json
-    from services.trainer.release import input_spec
+    from services.trainer.release import fits_calibration, input_spec
     from shared.registry import RegistryWriter
 
     reader = RegistryReader(Path(models_dir))
@@ -168,7 +168,7 @@ def republish(task_name: str, version: int | None, *, models_dir: Path, workers:
     data = build_splits(recipe.data.source, recipe.data.params, task=task,
                         sizes=recipe.data.sizes, spec=input_spec(recipe), seed=recipe.seed,
                         workers=workers, train=False)
-    calibrate = task.kind == "regression" and data.val is not None
+    calibrate = fits_calibration(task, data)
     writer = RegistryWriter(Path(models_dir))
     new_version = writer.claim(task.name)
     staging = writer.stage(task.name)
